@@ -98,3 +98,32 @@ def test_constant_and_per_fragment_colour_paths_agree(gl: GLRenderer) -> None:
         np.testing.assert_array_equal(a.normals, b.normals)
         assert np.abs(a.rgb.astype(int) - b.rgb.astype(int)).max() <= 1
         assert np.mean(np.any(a.rgb != b.rgb, axis=2)) < 1e-3
+
+
+def test_readback_memory_is_reused_only_once_no_view_refers_to_it() -> None:
+    """Read-back blocks are recycled between calls; views (or any array taken from one) that the caller
+    keeps are never overwritten by a later call."""
+    mesh_a, mesh_b = shapes()["torus"], shapes()["box"]
+    cams = rig("trellis8", 32)
+    with GLRenderer(32, 32) as r:
+        kept = r.render(mesh_a, cams)
+        expected = [(v.rgb.copy(), v.depth.copy(), v.normals.copy(), v.alpha.copy()) for v in kept]
+        depth_only = r.render(mesh_b, cams)[5].depth  # the rest of that call is dropped
+        depth_copy = depth_only.copy()
+        for _ in range(3):  # later calls with other content
+            r.render(mesh_b, cams[::-1])
+            r.render(mesh_a, cams[2:])
+        for v, (rgb, depth, normals, alpha) in zip(kept, expected, strict=True):
+            np.testing.assert_array_equal(v.rgb, rgb)
+            np.testing.assert_array_equal(v.depth, depth)
+            np.testing.assert_array_equal(v.normals, normals)
+            np.testing.assert_array_equal(v.alpha, alpha)
+        np.testing.assert_array_equal(depth_only, depth_copy)
+        # Dropped views free their memory for the next call.
+        first = r.render(mesh_a, cams)
+        address = first[0].rgb.__array_interface__["data"][0]
+        del first
+        again = r.render(mesh_b, cams)
+        assert again[0].rgb.__array_interface__["data"][0] == address
+        # A kept block is not handed out again while referenced.
+        assert r.render(mesh_a, cams)[0].rgb.__array_interface__["data"][0] != address

@@ -13,9 +13,9 @@ few pixels, so each fragment-shader instruction runs many times per visible pixe
   provoking (last) vertex (:func:`provoking_layout`; about 2 x the vertices on a closed mesh), carrying
   its exact unit normal (float64 cross product on the CPU). The vertex shader turns it towards the camera
   (double-sided lighting; generated meshes often have inconsistent winding), lights it and, for a
-  constant albedo, encodes the final 8-bit sRGB colour; flat varyings carry these to the fragments, so
-  the fragment shader only writes them (textures and vertex colours are still multiplied and encoded per
-  fragment). The same normal is written to the normal pass.
+  constant albedo, encodes the final 8-bit sRGB colour; one flat vec4 carries these to the fragments
+  (normal + light factor or packed colour), so the fragment shader only writes them (textures and vertex
+  colours are still multiplied and encoded per fragment). The same normal is written to the normal pass.
 - Depth is the camera-space z-depth (distance along -Z) in world units, computed per fragment from the
   interpolated world position (exact for planar triangles), not read back from the depth buffer.
 - The projection flips Y so that memory row 0 is the top of the image (no CPU flip).
@@ -23,8 +23,8 @@ few pixels, so each fragment-shader instruction runs many times per visible pixe
   is closed and consistently oriented (checked once per mesh), seen from outside their bounding box.
   That halves llvmpipe's triangle work on closed meshes; open or badly wound meshes draw both sides.
 - ``samples`` <= 1 (no anti-aliasing): one pass into RGBA8 (sRGB, already composited; alpha 0/1) and
-  RGBA32F (normal, depth), each cleared through its own framebuffer to the background values
-  (background colour / zero normal and ``inf`` depth).
+  RGBA32F (normal, depth), each cleared to its own background value through a colour mask (background
+  colour / zero normal and ``inf`` depth).
 - ``samples`` > 1 (MSAA): the geometry pass writes premultiplied linear colour with coverage and
   (normal, depth) per sample; a full-screen resolve pass averages the samples, composites over the
   background in linear light, encodes sRGB, and divides depth and normal by the coverage (mean over
@@ -32,13 +32,16 @@ few pixels, so each fragment-shader instruction runs many times per visible pixe
 - Pipelining: every view of a ``render`` call (up to ``MAX_IN_FLIGHT`` within ``TARGET_BUDGET`` bytes)
   is drawn into its own read-back targets before any is read, so that llvmpipe rasterises one view on
   its worker threads while this thread transforms and bins the next; the read-backs then come in one
-  batch into one block per pass (a read waits for all queued work anyway).
+  batch into one block per pass (a read waits for all queued work anyway). The blocks are reused by
+  later calls once the caller has dropped the views made from them (:class:`_BlockPool`): reading into
+  fresh memory costs as much again in page faults.
 
 Shading model and lights: :mod:`gen3deval.render.shading`.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -82,16 +85,11 @@ uniform mat4 u_mvp;
 uniform vec3 u_eye;      // camera position, world
 uniform vec3 u_light[K]; // light directions rotated to world space for this camera
 uniform vec3 u_base;     // linear albedo of the material (or the grey)
-// Few interpolated values: llvmpipe's per-vertex and per-triangle cost grows with each component.
+// Few outputs: llvmpipe's per-vertex and per-triangle cost grows with each vec4 slot.
 out vec3 v_p;            // world position, for the depth
-flat out vec3 v_n;       // the face's normal, turned towards the eye
-#if defined(HAS_VCOL) || defined(HAS_TEX)
-flat out float v_s;      // the face's light factor
-#elif defined(MSAA)
-flat out vec3 v_lin;     // the face's linear colour
-#else
-flat out uint v_rgb;     // the face's final 8-bit sRGB colour, packed
-#endif
+// The face's values in one slot: xyz its normal, turned towards the eye; w its light factor, or (flat
+// colour without MSAA) its final 8-bit sRGB colour packed as r + 256 g + 65536 b (exact in a float).
+flat out vec4 v_f;
 #ifdef HAS_VCOL
 in vec3 in_col;
 out vec3 v_col;
@@ -113,16 +111,13 @@ void main() {
     vec3 to_eye = u_eye - in_pos;
     vec3 n = dot(in_fn, in_fn) > 0.0 ? in_fn : normalize(to_eye);
     if (dot(n, to_eye) < 0.0) n = -n;
-    v_n = n;
     float s = min(AMBIENT SHADE_TERMS, 1.0);
-#if defined(HAS_VCOL) || defined(HAS_TEX)
-    v_s = s;
-#elif defined(MSAA)
-    v_lin = u_base * s;
+#if defined(HAS_VCOL) || defined(HAS_TEX) || defined(MSAA)
+    v_f = vec4(n, s);
 #else
     // Rounded to 8 bits as the colour attachment would round it (to nearest).
-    uvec3 q = uvec3(roundEven(to_srgb(u_base * s) * 255.0));
-    v_rgb = q.r | (q.g << 8) | (q.b << 16);
+    vec3 q = roundEven(to_srgb(u_base * s) * 255.0);
+    v_f = vec4(n, dot(q, vec3(1.0, 256.0, 65536.0)));
 #endif
 #ifdef HAS_VCOL
     v_col = in_col;
@@ -136,14 +131,7 @@ void main() {
 _GEOM_FS = """
 #version 330
 in vec3 v_p;
-flat in vec3 v_n;
-#if defined(HAS_VCOL) || defined(HAS_TEX)
-flat in float v_s;
-#elif defined(MSAA)
-flat in vec3 v_lin;
-#else
-flat in uint v_rgb;
-#endif
+flat in vec4 v_f;
 #ifdef HAS_VCOL
 in vec3 v_col;
 #endif
@@ -169,17 +157,21 @@ void main() {
     albedo *= texture(u_tex, v_uv).rgb;
 #endif
 #ifdef MSAA
-    o_col = vec4(albedo * v_s, 1.0);
+    o_col = vec4(albedo * v_f.w, 1.0);
 #else
-    o_col = vec4(to_srgb(albedo * v_s), 1.0);
+    o_col = vec4(to_srgb(albedo * v_f.w), 1.0);
 #endif
 #elif defined(MSAA)
-    o_col = vec4(v_lin, 1.0);
+    o_col = vec4(u_base * v_f.w, 1.0);
 #else
-    o_col = vec4(vec3(uvec3(v_rgb, v_rgb >> 8, v_rgb >> 16) & 255u) * (1.0 / 255.0), 1.0);
+    // Unpack r + 256 g + 65536 b: integers below 2^24, so every step is exact in float32.
+    float b = floor(v_f.w * (1.0 / 65536.0));
+    float rg = v_f.w - b * 65536.0;
+    float g = floor(rg * (1.0 / 256.0));
+    o_col = vec4(vec3(rg - g * 256.0, g, b) * (1.0 / 255.0), 1.0);
 #endif
     // z-depth (camera-space distance along -Z) from the interpolated position: exact for planar faces.
-    o_nz = vec4(v_n, -(dot(u_zrow.xyz, v_p) + u_zrow.w));
+    o_nz = vec4(v_f.xyz, -(dot(u_zrow.xyz, v_p) + u_zrow.w));
 }
 """
 
@@ -360,6 +352,59 @@ class _Upload:
         self.objects = []
 
 
+_MASK_RGB = ((True,) * 4, (False,) * 4)
+_MASK_NZ = ((False,) * 4, (True,) * 4)
+_MASK_ALL = ((True,) * 4, (True,) * 4)
+
+
+class _BlockPool:
+    """Read-back memory, reused once nothing refers to it any more.
+
+    A read-back into fresh memory costs about as much as the copy itself again: the kernel maps and
+    zeroes every page on first touch. So the blocks (one per pass, for a batch of views) are kept and
+    handed out again once no :class:`View` (nor any other array or buffer) refers to them, which CPython's
+    reference counts tell exactly: every numpy view of a block keeps the block itself as its ``base``.
+    A caller that keeps its views gets fresh blocks; at most ``keep`` sets are held.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._sets: list[tuple[NDArray[np.uint8], NDArray[np.float32], NDArray[np.float32]]] = []
+
+    def take(
+        self, n: int, size: tuple[int, int]
+    ) -> tuple[NDArray[np.uint8], NDArray[np.float32], NDArray[np.float32]]:
+        """(RGBA8 (n, H, W, 4), normal + depth (n, H, W, 4) float32, alpha (n, H, W) float32) blocks for
+        ``n`` views of ``size`` (W, H), each free for the caller to overwrite."""
+        w, h = size
+        for i, blocks in enumerate(self._sets):
+            if blocks[2].shape == (n, h, w) and all(_refs(blocks, k) <= _FREE_REFS for k in range(3)):
+                self._sets.append(self._sets.pop(i))  # most recently used last
+                return blocks
+        new = (
+            np.empty((n, h, w, 4), dtype=np.uint8),
+            np.empty((n, h, w, 4), dtype=np.float32),
+            np.empty((n, h, w), dtype=np.float32),
+        )
+        self._sets.append(new)
+        if len(self._sets) > self.keep:
+            self._sets.pop(0)  # the least recently used (its holders, if any, keep it alive)
+        return new
+
+    def clear(self) -> None:
+        self._sets = []
+
+
+def _refs(items: tuple[Any, ...], k: int) -> int:
+    """Reference count of ``items[k]`` as seen from here."""
+    return sys.getrefcount(items[k])
+
+
+# What _refs counts for an object that only its tuple refers to (measured, not assumed: the count that
+# the interpreter reports for temporaries differs between Python versions).
+_FREE_REFS = _refs((object(),), 0)
+
+
 class GLRenderer:
     """Headless rasteriser.
 
@@ -416,6 +461,7 @@ class GLRenderer:
         self._size: tuple[int, int] | None = None
         self._shared: dict[str, Any] = {}
         self._targets: list[dict[str, Any]] = []
+        self._blocks = _BlockPool()
         self._resize(int(width), int(height))
 
     @property
@@ -480,14 +526,7 @@ class GLRenderer:
             else:
                 rgb = ctx.renderbuffer(size, 4, dtype="f1")
                 nz = ctx.renderbuffer(size, 4, dtype="f4")
-                t = {
-                    "out": ctx.framebuffer([rgb, nz], dep),
-                    # Same attachments, cleared separately so each gets its own background value.
-                    "clear_rgb": ctx.framebuffer([rgb], dep),
-                    "clear_nz": ctx.framebuffer([nz]),
-                    "rgb": rgb,
-                    "nz": nz,
-                }
+                t = {"out": ctx.framebuffer([rgb, nz], dep), "rgb": rgb, "nz": nz}
             self._targets.append(t)
         return self._targets[i]
 
@@ -581,8 +620,14 @@ class GLRenderer:
         if msaa:
             geom.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         else:
-            t["clear_rgb"].clear(bg, bg, bg, 0.0, depth=1.0)
-            t["clear_nz"].clear(0.0, 0.0, 0.0, float("inf"))
+            # Each attachment its own background value, in the framebuffer drawn into (one llvmpipe scene
+            # per view: binding another framebuffer would close the scene).
+            out = t["out"]
+            out.color_mask = _MASK_RGB
+            out.clear(bg, bg, bg, 0.0, depth=1.0)
+            out.color_mask = _MASK_NZ
+            out.clear(0.0, 0.0, 0.0, float("inf"))
+            out.color_mask = _MASK_ALL
         geom.use()
         ctx.enable(ctx.DEPTH_TEST)
         ctx.disable(ctx.CULL_FACE)
@@ -626,13 +671,9 @@ class GLRenderer:
         """Read back the views drawn into the first ``len(cams)`` targets."""
         if not cams:
             return []
-        w, h = self.size
         n = len(cams)
-        # One block per pass for the whole batch: fewer page faults than one array per view (numpy asks
-        # for huge pages from 4 MiB up), the main cost of reading back into fresh memory.
-        rgba = np.empty((n, h, w, 4), dtype=np.uint8)
-        nz = np.empty((n, h, w, 4), dtype=np.float32)
-        alpha = np.empty((n, h, w), dtype=np.float32)
+        rgba, nz, alpha = self._blocks.take(self._max_in_flight(), self.size)
+        rgba, nz, alpha = rgba[:n], nz[:n], alpha[:n]
         for i in range(n):
             fbo = self._targets[i]["out"]
             fbo.read_into(rgba[i], components=4, attachment=0, dtype="f1")

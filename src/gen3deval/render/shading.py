@@ -142,7 +142,7 @@ def prepare(mesh: Mesh, normalize: bool = True) -> Prepared:
     if len(f):
         box = bounds(mesh.vertices)
         center = (box[0] + box[1]) / 2.0
-        radius = float(np.max(np.linalg.norm(mesh.vertices - center, axis=1)))
+        radius = _max_distance(mesh.vertices, center)
     else:
         box, center, radius = np.zeros((2, 3)), np.zeros(3), 0.0
     return Prepared(
@@ -157,15 +157,32 @@ def prepare(mesh: Mesh, normalize: bool = True) -> Prepared:
     )
 
 
+def _max_distance(v: NDArray[np.float64], center: NDArray[np.float64]) -> float:
+    """Largest Euclidean distance from ``center`` (3,) to the (N, 3) points, one column at a time."""
+    d2 = np.zeros(len(v))
+    for i in range(3):
+        c = v[:, i] - center[i]
+        c *= c
+        d2 += c
+    return float(np.sqrt(d2.max()))
+
+
 def face_cross(vertices: NDArray[np.float64], faces: NDArray[np.integer]) -> NDArray[np.float64]:
     """(3, F) float64 cross products (v1 - v0) x (v2 - v0) of the faces, one row per coordinate (x, y, z):
     normals (right-hand rule on the winding) of length twice the face area."""
-    x, y, z = np.ascontiguousarray(np.asarray(vertices, dtype=np.float64).T)
-    i0, i1, i2 = np.ascontiguousarray(np.asarray(faces).T)
-    x0, y0, z0 = x[i0], y[i0], z[i0]
-    ax, ay, az = x[i1] - x0, y[i1] - y0, z[i1] - z0
-    bx, by, bz = x[i2] - x0, y[i2] - y0, z[i2] - z0
-    return np.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx])
+    vt = np.ascontiguousarray(np.asarray(vertices, dtype=np.float64).T)  # (3, V): one gather per row
+    ft = np.ascontiguousarray(np.asarray(faces).T)
+    p0 = vt.take(ft[0], axis=1)
+    a = vt.take(ft[1], axis=1)
+    a -= p0
+    b = vt.take(ft[2], axis=1)
+    b -= p0
+    out, tmp = p0, np.empty(ft.shape[1])  # in place: fewer fresh arrays (each costs page faults)
+    for k, (i, j) in enumerate(((1, 2), (2, 0), (0, 1))):
+        np.multiply(a[i], b[j], out=out[k])
+        np.multiply(a[j], b[i], out=tmp)
+        out[k] -= tmp
+    return out
 
 
 def unit_normals(cross: NDArray[np.float64]) -> NDArray[np.float32]:
@@ -190,11 +207,12 @@ def closed_orientation(mesh: Mesh, cross: NDArray[np.float64] | None = None) -> 
     (positive volume), -1 if every part faces inwards, 0 otherwise (open, badly wound, mixed).
 
     Seen from outside such a mesh, the first surface a ray meets faces the ray, so a rasteriser may cull
-    the faces turned away without changing a pixel. Vertices at the same position are merged first (split
+    the faces turned away without changing a pixel. Vertices at the same position count as one (split
     uv/normal seams). "Closed and consistently wound" is tested as: every directed edge a->b is balanced
     by an edge b->a (the boundary of the surface is empty), i.e. sum over edges of (x_a y_b - x_b y_a) = 0
-    for random 64-bit weights x, y per vertex in exact modular arithmetic (an unbalanced mesh passes with
-    probability ~2^-60). Parts are the connected components of the mesh (sharing a vertex connects).
+    for pseudo-random 64-bit weights x, y per position (hashes of its coordinates' bits) in exact modular
+    arithmetic (an unbalanced mesh passes with probability ~2^-60). Parts are the connected components of
+    the mesh (sharing a position connects).
     ``cross``: :func:`face_cross` of the mesh, if already computed.
     """
     f = mesh.faces
@@ -203,6 +221,16 @@ def closed_orientation(mesh: Mesh, cross: NDArray[np.float64] | None = None) -> 
     v = mesh.vertices + 0.0  # -0.0 -> 0.0 so that equal positions have equal bits
     bits = np.ascontiguousarray(v).view(np.uint64).reshape(-1, 3)
     key = _mix64(_mix64(_mix64(bits[:, 0]) ^ bits[:, 1]) ^ bits[:, 2])
+    ft = np.ascontiguousarray(f.T, dtype=np.int32)  # (3, F): contiguous per corner, for fast gathers
+    # The weights are hashes of the positions, so vertices at the same position (split seams) weigh the
+    # same without being merged first: an open mesh, the common case, is rejected without a sort.
+    x, y = _mix64(key ^ np.uint64(0x9E3779B97F4A7C15)), _mix64(key ^ np.uint64(0xD1B54A32D192ED03))
+    xg, yg = x[ft], y[ft]  # (3, F)
+    # Edges 0->1, 1->2, 2->0 of each face: x0 y1 - x1 y0 + x1 y2 - x2 y1 + x2 y0 - x0 y2.
+    bal = xg[0] * (yg[1] - yg[2]) + xg[1] * (yg[2] - yg[0]) + xg[2] * (yg[0] - yg[1])
+    if int(np.sum(bal)) != 0:
+        return 0
+    # Closed: merge the vertices at the same position (parts connect through them) to find the parts.
     order = np.argsort(key)
     sk = key[order]
     new = np.empty(len(v), dtype=bool)
@@ -210,7 +238,6 @@ def closed_orientation(mesh: Mesh, cross: NDArray[np.float64] | None = None) -> 
     # Equal positions have equal hashes, so they are adjacent after sorting by the hash; positions are
     # compared only where hashes are equal (a rare collision of different positions stays two vertices).
     np.not_equal(sk[1:], sk[:-1], out=new[1:])
-    ft = np.ascontiguousarray(f.T, dtype=np.int32)  # (3, F): contiguous per corner, for fast gathers
     if new.all():
         g, n = ft, len(v)  # no shared positions: the vertices are already unique
     else:
@@ -219,13 +246,6 @@ def closed_orientation(mesh: Mesh, cross: NDArray[np.float64] | None = None) -> 
         ids = np.empty(len(v), dtype=np.int32)
         ids[order] = np.cumsum(new) - 1
         g, n = ids[ft], int(ids[order[-1]]) + 1
-    # Fixed seed: the same mesh always gets the same answer. Wrapping uint64 arithmetic is exact mod 2^64.
-    x, y = np.random.default_rng(20240601).integers(0, 2**64 - 1, size=(2, n), dtype=np.uint64, endpoint=True)
-    xg, yg = x[g], y[g]  # (3, F)
-    # Edges 0->1, 1->2, 2->0 of each face: x0 y1 - x1 y0 + x1 y2 - x2 y1 + x2 y0 - x0 y2.
-    bal = xg[0] * (yg[1] - yg[2]) + xg[1] * (yg[2] - yg[0]) + xg[2] * (yg[0] - yg[1])
-    if int(np.sum(bal)) != 0:
-        return 0
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
 
