@@ -63,6 +63,7 @@ def test_background_is_exactly_white_with_zero_alpha(gl: GLRenderer) -> None:
         assert (v.rgb[bg] == 255).all()
         assert np.isinf(v.depth[bg]).all() and (v.normals[bg] == 0).all()
         assert np.isfinite(v.depth[~bg]).all()
+        assert set(np.unique(v.alpha)) == {0.0, 1.0}  # no MSAA: binary coverage, exactly 0.0 or 1.0
         assert v.rgb.dtype == np.uint8 and v.alpha.dtype == np.float32 and v.depth.dtype == np.float32
         assert v.rgb.shape == (128, 128, 3) and v.normals.shape == (128, 128, 3)
     black = gl.render(shapes()["torus"], rig("ref", size=128), background="black")[0]
