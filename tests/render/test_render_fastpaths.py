@@ -127,3 +127,35 @@ def test_readback_memory_is_reused_only_once_no_view_refers_to_it() -> None:
         assert again[0].rgb.__array_interface__["data"][0] == address
         # A kept block is not handed out again while referenced.
         assert r.render(mesh_a, cams)[0].rgb.__array_interface__["data"][0] != address
+
+
+def test_leaving_out_faces_turned_away_changes_no_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For culled meshes the renderer hands llvmpipe only the faces that may face the camera; the images
+    are bit-identical to letting the rasteriser cull every face itself."""
+    ico = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+    torus = trimesh.creation.torus(0.35, 0.12, major_sections=160, minor_sections=64)
+    meshes = {
+        "sphere": Mesh.from_arrays(ico.vertices, ico.faces),
+        "inverted": Mesh.from_arrays(ico.vertices, ico.faces[:, ::-1]),
+        "torus": Mesh.from_arrays(torus.vertices, torus.faces),
+    }
+    cams = rig("trellis8", 96) + rig("turntable:5", 96)
+    calls = []
+    with GLRenderer(96, 96) as r:
+        facing = r._facing
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            vao, groups = facing(*args, **kwargs)
+            calls.append(sum(count for _, count, _, _ in groups) // 3)
+            return vao, groups
+
+        monkeypatch.setattr(r, "_facing", counted)
+        got = {k: r.render(m, cams) for k, m in meshes.items()}
+        assert len(calls) == len(meshes) * len(cams)
+        assert max(calls) < 0.6 * len(ico.faces)  # about half the faces (fewer in perspective) are drawn
+        monkeypatch.setattr(r, "_facing", lambda up, prog, *a: (up.vao, up.groups))
+        for name, mesh in meshes.items():
+            for a, b in zip(got[name], r.render(mesh, cams), strict=True):
+                np.testing.assert_array_equal(a.rgb, b.rgb, err_msg=name)
+                np.testing.assert_array_equal(a.depth, b.depth, err_msg=name)
+                np.testing.assert_array_equal(a.normals, b.normals, err_msg=name)

@@ -307,11 +307,16 @@ class _Upload:
             fm, faces = fm[order], mesh.faces[order]
             cross = None if cross is None else cross[:, order]
         self.objects: list[Any] = []
+        # The vertex array of every face and its buffers (set by the renderer).
+        self.vao: Any = None
+        self.content: list[tuple[Any, str, str]] = []
         new_faces, src = provoking_layout(faces, len(mesh.vertices))
         fn = np.zeros((len(src), 3), dtype=np.float32)
-        _rows(fn)[new_faces[:, 2]] = _rows(
-            unit_normals(face_cross(mesh.vertices, faces) if cross is None else cross)
-        )
+        unit = unit_normals(face_cross(mesh.vertices, faces) if cross is None else cross)
+        _rows(fn)[new_faces[:, 2]] = _rows(unit)
+        self.faces = new_faces  # (F, 3) int32, in drawing order
+        self._unit, self._v0 = unit, (mesh.vertices, faces[:, 0])
+        self._planes: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
         self.pos = self._buf(ctx, _gather_rows(mesh.vertices.astype(np.float32), src))
         self.fn = self._buf(ctx, fn)
         self.col = (
@@ -320,8 +325,10 @@ class _Upload:
         has_uv = not self.grey and prep.uv is not None and prep.textures
         self.uv = self._buf(ctx, _gather_rows(prep.uv, src)) if has_uv and prep.uv is not None else None
         self.ibo = self._buf(ctx, new_faces)
-        # Draw groups: (first index, index count, linear base colour, texture or None).
+        # Draw groups: (first index, index count, linear base colour, texture or None), and the range of
+        # faces (first, end) of each.
         self.groups: list[tuple[int, int, tuple[float, float, float], Any]] = []
+        self.face_ranges: list[tuple[int, int]] = []
         cuts = np.flatnonzero(np.diff(fm)) + 1
         starts = np.concatenate([[0], cuts]).astype(int)
         ends = np.concatenate([cuts, [len(fm)]]).astype(int)
@@ -340,6 +347,19 @@ class _Upload:
                 self.objects.append(tex)
             base = grey if self.grey else tuple(float(x) for x in prep.base[mat])
             self.groups.append((3 * int(a), 3 * int(b - a), base, tex))  # type: ignore[arg-type]
+            self.face_ranges.append((int(a), int(b)))
+
+    def planes(self) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """The faces' planes n . x = w, in drawing order: ((3, F) unit normals n, (F,) offsets w), float32
+        (computed on first use: only meshes that are culled need them)."""
+        if self._planes is None:
+            n = np.ascontiguousarray(self._unit.T)
+            vertices, corner = self._v0
+            w = np.zeros(len(corner))
+            for i in range(3):
+                w += n[i] * vertices[corner, i]
+            self._planes = (n, w.astype(np.float32))
+        return self._planes
 
     def _buf(self, ctx: Any, arr: NDArray[Any]) -> Any:
         b = ctx.buffer(np.ascontiguousarray(arr))
@@ -583,6 +603,7 @@ class GLRenderer:
                     content.append((up.uv, "2f", "in_uv"))
                 vao = self.ctx.vertex_array(prog, content, index_buffer=up.ibo, index_element_size=4)
                 up.objects.append(vao)
+                up.vao, up.content = vao, content
             # Draw every view into its own targets before reading any back: llvmpipe rasterises a view on
             # its worker threads while this thread prepares the next one (vertex processing, binning);
             # a read waits for all the work queued before it, so reads come last, in a batch.
@@ -631,7 +652,8 @@ class GLRenderer:
         geom.use()
         ctx.enable(ctx.DEPTH_TEST)
         ctx.disable(ctx.CULL_FACE)
-        if orient and vao is not None and box is not None:
+        groups = up.groups if up is not None else []
+        if orient and vao is not None and up is not None and box is not None:
             lo, hi = box
             margin = 1e-6 * float(np.max(hi - lo))
             pos = cam.position
@@ -640,6 +662,7 @@ class GLRenderer:
                 # The Y-flipped projection mirrors window-space winding: outward (CCW) faces appear CW.
                 ctx.front_face = "cw"
                 ctx.cull_face = "back" if orient > 0 else "front"
+                vao, groups = self._facing(up, vao.program, pos, orient, prep.radius)
         if vao is not None and up is not None:
             near, far = clip_planes(cam.position, prep.center, prep.radius)
             view_m = cam.view
@@ -652,7 +675,7 @@ class GLRenderer:
             prog["u_eye"] = tuple(float(x) for x in cam.position)
             # Flat per-face values come from each face's last vertex (its own, see provoking_layout).
             ctx.provoking_vertex = ctx.LAST_VERTEX_CONVENTION
-            for first, count, base, tex in up.groups:
+            for first, count, base, tex in groups:
                 prog["u_base"] = base
                 if up.uv is not None:
                     (tex if tex is not None else self._white).use(0)
@@ -666,6 +689,35 @@ class GLRenderer:
             self._shared["nz"].use(1)
             self._resolve["u_bg"] = bg
             self._quad.render(mode=ctx.TRIANGLES, vertices=3)
+
+    def _facing(
+        self, up: _Upload, prog: Any, eye: NDArray[np.float64], orient: int, radius: float
+    ) -> tuple[Any, list[tuple[int, int, tuple[float, float, float], Any]]]:
+        """A vertex array and draw groups for only the faces that may face ``eye`` (the others are culled
+        anyway, but llvmpipe would still transform and set up each of them on this thread).
+
+        Only faces clearly turned away (the eye more than 1e-4 x ``radius`` behind their plane) are left
+        out, so the rasteriser's own culling still decides every face it could draw: the image is the
+        same, bit for bit, with half the triangles or fewer to process.
+        """
+        n, w = up.planes()
+        e = eye.astype(np.float32)
+        d = n[0] * e[0]  # signed distance of the eye from each face's plane
+        d += n[1] * e[1]
+        d += n[2] * e[2]
+        d -= w
+        if orient < 0:
+            d = -d  # inward-facing mesh: its faces are drawn from their back
+        keep = d > np.float32(-1e-4 * max(radius, 1e-9))
+        ibo = self.ctx.buffer(_rows(up.faces)[keep])
+        vao = self.ctx.vertex_array(prog, up.content, index_buffer=ibo, index_element_size=4)
+        up.objects += [ibo, vao]  # released with the mesh's buffers, after the read-back
+        end = np.concatenate([[0], np.cumsum(keep)])
+        groups = [
+            (3 * int(end[a]), 3 * int(end[b] - end[a]), base, tex)
+            for (a, b), (_, _, base, tex) in zip(up.face_ranges, up.groups, strict=True)
+        ]
+        return vao, groups
 
     def _read(self, cams: list[Camera], background: str) -> list[View]:
         """Read back the views drawn into the first ``len(cams)`` targets."""

@@ -246,18 +246,16 @@ def closed_orientation(mesh: Mesh, cross: NDArray[np.float64] | None = None) -> 
         ids = np.empty(len(v), dtype=np.int32)
         ids[order] = np.cumsum(new) - 1
         g, n = ids[ft], int(ids[order[-1]]) + 1
-    from scipy.sparse import csr_matrix
+    from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    # Parts: the weak components of the graph face -> its 3 vertices (nodes 0..F-1 faces, F.. vertices),
-    # whose CSR arrays need no sorting. Vertices in no face become parts without faces and are ignored.
+    # Parts: the components of the graph of (merged) vertices with the edges 0-1 and 0-2 of each face
+    # (enough to connect its corners); about twice as fast as components of the face-vertex graph.
+    # Vertices in no face become parts without faces and are ignored.
     nf = len(f)
-    indices = (g.T + np.int32(nf)).ravel()
-    indptr = np.full(nf + n + 1, 3 * nf, dtype=np.int32)
-    indptr[: nf + 1] = np.arange(0, 3 * nf + 1, 3, dtype=np.int32)
-    graph = csr_matrix((np.ones(3 * nf), indices, indptr), shape=(nf + n, nf + n))
-    n_parts, labels = connected_components(graph, directed=True, connection="weak")
-    face_part = labels[:nf]
+    edges = coo_matrix((np.ones(2 * nf), (np.concatenate([g[0], g[0]]), g[1:].ravel())), shape=(n, n))
+    n_parts, labels = connected_components(edges.tocsr(), directed=False)
+    face_part = labels[g[0]]
     # Six times the signed volume of each face's tetrahedron with the centroid c: (v0 - c) . cross.
     # (Per-column reductions: numpy reduces an (N, 3) array along axis 0 several times slower.)
     if cross is None:
