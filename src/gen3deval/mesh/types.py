@@ -98,8 +98,11 @@ class Mesh:
         a = m[:3, :3]
         if np.count_nonzero(a - np.diag(np.diagonal(a))) == 0:
             # Scale + translation (every normalisation): the same numbers without a (N, 3) x (3, 3)
-            # matrix product, which numpy does several times slower (and may hand to BLAS threads).
-            v = self.vertices * np.diagonal(a) + m[:3, 3]
+            # matrix product, one column at a time (numpy broadcasts over a short last axis slowly).
+            v = np.empty_like(self.vertices, dtype=np.float64)
+            for i in range(3):
+                np.multiply(self.vertices[:, i], a[i, i], out=v[:, i])
+                v[:, i] += m[i, 3]
         else:
             v = self.vertices @ a.T + m[:3, 3]
         faces = self.faces
