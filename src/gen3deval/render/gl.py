@@ -22,6 +22,8 @@ few pixels, so each fragment-shader instruction runs many times per visible pixe
 - Faces turned away from the camera are culled only where no pixel can change: meshes whose every part
   is closed and consistently oriented (checked once per mesh), seen from outside their bounding box.
   That halves llvmpipe's triangle work on closed meshes; open or badly wound meshes draw both sides.
+  The faces clearly turned away are also left out of each view's index buffer (:meth:`GLRenderer._facing`)
+  so that llvmpipe does not transform and set them up on the calling thread only to cull them.
 - ``samples`` <= 1 (no anti-aliasing): one pass into RGBA8 (sRGB, already composited; alpha 0/1) and
   RGBA32F (normal, depth), each cleared to its own background value through a colour mask (background
   colour / zero normal and ``inf`` depth).
@@ -439,7 +441,8 @@ class GLRenderer:
 
     Memory: besides the context, up to ``MAX_IN_FLIGHT`` sets of read-back targets of the current size
     (20 bytes per pixel each, 24 with MSAA; within ``TARGET_BUDGET``), kept between calls: 40 MiB for
-    the 8 views of a rig at 512 x 512.
+    the 8 views of a rig at 512 x 512; and up to two blocks of numpy memory of the same size that the
+    returned views live in, reused by later calls once the caller has dropped those views.
     """
 
     def __init__(
