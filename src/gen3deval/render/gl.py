@@ -357,9 +357,10 @@ class _Upload:
         if self._planes is None:
             n = np.ascontiguousarray(self._unit.T)
             vertices, corner = self._v0
+            vt = np.ascontiguousarray(vertices.T)  # (3, V): contiguous rows gather fast
             w = np.zeros(len(corner))
             for i in range(3):
-                w += n[i] * vertices[corner, i]
+                w += n[i] * vt[i].take(corner)
             self._planes = (n, w.astype(np.float32))
         return self._planes
 
@@ -715,11 +716,12 @@ class GLRenderer:
         ibo = self.ctx.buffer(_rows(up.faces)[keep])
         vao = self.ctx.vertex_array(prog, up.content, index_buffer=ibo, index_element_size=4)
         up.objects += [ibo, vao]  # released with the mesh's buffers, after the read-back
-        end = np.concatenate([[0], np.cumsum(keep)])
-        groups = [
-            (3 * int(end[a]), 3 * int(end[b] - end[a]), base, tex)
-            for (a, b), (_, _, base, tex) in zip(up.face_ranges, up.groups, strict=True)
-        ]
+        groups = []
+        first = 0
+        for (a, b), (_, _, base, tex) in zip(up.face_ranges, up.groups, strict=True):
+            kept = int(np.count_nonzero(keep[a:b]))
+            groups.append((3 * first, 3 * kept, base, tex))
+            first += kept
         return vao, groups
 
     def _read(self, cams: list[Camera], background: str) -> list[View]:
