@@ -129,7 +129,8 @@ def test_readback_memory_is_reused_only_once_no_view_refers_to_it() -> None:
         assert r.render(mesh_a, cams)[0].rgb.__array_interface__["data"][0] != address
 
 
-def test_leaving_out_faces_turned_away_changes_no_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("samples", [0, 4])
+def test_leaving_out_faces_turned_away_changes_no_bit(monkeypatch: pytest.MonkeyPatch, samples: int) -> None:
     """For culled meshes the renderer hands llvmpipe only the faces that may face the camera; the images
     are bit-identical to letting the rasteriser cull every face itself."""
     ico = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
@@ -141,7 +142,7 @@ def test_leaving_out_faces_turned_away_changes_no_bit(monkeypatch: pytest.Monkey
     }
     cams = rig("trellis8", 96) + rig("turntable:5", 96)
     calls = []
-    with GLRenderer(96, 96) as r:
+    with GLRenderer(96, 96, samples=samples) as r:
         facing = r._facing
 
         def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -157,5 +158,6 @@ def test_leaving_out_faces_turned_away_changes_no_bit(monkeypatch: pytest.Monkey
         for name, mesh in meshes.items():
             for a, b in zip(got[name], r.render(mesh, cams), strict=True):
                 np.testing.assert_array_equal(a.rgb, b.rgb, err_msg=name)
+                np.testing.assert_array_equal(a.alpha, b.alpha, err_msg=name)
                 np.testing.assert_array_equal(a.depth, b.depth, err_msg=name)
                 np.testing.assert_array_equal(a.normals, b.normals, err_msg=name)
