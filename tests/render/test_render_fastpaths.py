@@ -154,7 +154,7 @@ def test_leaving_out_faces_turned_away_changes_no_bit(monkeypatch: pytest.Monkey
         got = {k: r.render(m, cams) for k, m in meshes.items()}
         assert len(calls) == len(meshes) * len(cams)
         assert max(calls) < 0.6 * len(ico.faces)  # about half the faces (fewer in perspective) are drawn
-        monkeypatch.setattr(r, "_facing", lambda up, prog, *a: (up.vao, up.groups))
+        monkeypatch.setattr(r, "_facing", lambda up, vao, *a: (vao, up.groups))
         for name, mesh in meshes.items():
             for a, b in zip(got[name], r.render(mesh, cams), strict=True):
                 np.testing.assert_array_equal(a.rgb, b.rgb, err_msg=name)

@@ -309,9 +309,7 @@ class _Upload:
             fm, faces = fm[order], mesh.faces[order]
             cross = None if cross is None else cross[:, order]
         self.objects: list[Any] = []
-        # The vertex array of every face and its buffers (set by the renderer).
-        self.vao: Any = None
-        self.content: list[tuple[Any, str, str]] = []
+        self.content: list[tuple[Any, str, str]] = []  # the vertex array's buffers (set by the renderer)
         new_faces, src = provoking_layout(faces, len(mesh.vertices))
         fn = np.zeros((len(src), 3), dtype=np.float32)
         unit = unit_normals(face_cross(mesh.vertices, faces) if cross is None else cross)
@@ -607,7 +605,7 @@ class GLRenderer:
                     content.append((up.uv, "2f", "in_uv"))
                 vao = self.ctx.vertex_array(prog, content, index_buffer=up.ibo, index_element_size=4)
                 up.objects.append(vao)
-                up.vao, up.content = vao, content
+                up.content = content
             # Draw every view into its own targets before reading any back: llvmpipe rasterises a view on
             # its worker threads while this thread prepares the next one (vertex processing, binning);
             # a read waits for all the work queued before it, so reads come last, in a batch.
@@ -666,7 +664,7 @@ class GLRenderer:
                 # The Y-flipped projection mirrors window-space winding: outward (CCW) faces appear CW.
                 ctx.front_face = "cw"
                 ctx.cull_face = "back" if orient > 0 else "front"
-                vao, groups = self._facing(up, vao.program, pos, orient, prep.radius)
+                vao, groups = self._facing(up, vao, pos, orient, prep.radius)
         if vao is not None and up is not None:
             near, far = clip_planes(cam.position, prep.center, prep.radius)
             view_m = cam.view
@@ -695,10 +693,11 @@ class GLRenderer:
             self._quad.render(mode=ctx.TRIANGLES, vertices=3)
 
     def _facing(
-        self, up: _Upload, prog: Any, eye: NDArray[np.float64], orient: int, radius: float
+        self, up: _Upload, vao: Any, eye: NDArray[np.float64], orient: int, radius: float
     ) -> tuple[Any, list[tuple[int, int, tuple[float, float, float], Any]]]:
-        """A vertex array and draw groups for only the faces that may face ``eye`` (the others are culled
-        anyway, but llvmpipe would still transform and set up each of them on this thread).
+        """A vertex array like ``vao`` (every face) and draw groups for only the faces that may face
+        ``eye`` (the others are culled anyway, but llvmpipe would still transform and set up each of them
+        on this thread).
 
         Only faces clearly turned away (the eye more than 1e-4 x ``radius`` behind their plane) are left
         out, so the rasteriser's own culling still decides every face it could draw: the image is the
@@ -714,7 +713,7 @@ class GLRenderer:
             d = -d  # inward-facing mesh: its faces are drawn from their back
         keep = d > np.float32(-1e-4 * max(radius, 1e-9))
         ibo = self.ctx.buffer(_rows(up.faces)[keep])
-        vao = self.ctx.vertex_array(prog, up.content, index_buffer=ibo, index_element_size=4)
+        vao = self.ctx.vertex_array(vao.program, up.content, index_buffer=ibo, index_element_size=4)
         up.objects += [ibo, vao]  # released with the mesh's buffers, after the read-back
         groups = []
         first = 0
@@ -764,6 +763,7 @@ class GLRenderer:
         with self.ctx:
             self._release_targets()
         self.ctx.release()
+        self._blocks.clear()
 
     def __enter__(self) -> GLRenderer:
         return self
