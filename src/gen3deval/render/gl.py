@@ -79,7 +79,15 @@ _INSTALL_HINT = (
     "install the EGL and Mesa libraries (Debian/Ubuntu: apt-get install libegl1 libgl1 libgl1-mesa-dri)"
 )
 
-_GEOM_VS = """
+# Linear -> sRGB encoding (IEC 61966-2-1, as shading.linear_to_srgb), shared by the shaders below.
+_TO_SRGB = """vec3 to_srgb(vec3 c) {
+    c = clamp(c, 0.0, 1.0);
+    return mix(c * 12.92, 1.055 * pow(c, vec3(1.0 / 2.4)) - 0.055, step(vec3(0.0031308), c));
+}
+"""
+
+_GEOM_VS = (
+    """
 #version 330
 in vec3 in_pos;
 in vec3 in_fn;           // unit normal of the face whose provoking (last) vertex this is, else unused
@@ -100,11 +108,9 @@ out vec3 v_col;
 in vec2 in_uv;
 out vec2 v_uv;
 #endif
-vec3 to_srgb(vec3 c) {
-    c = clamp(c, 0.0, 1.0);
-    return mix(c * 12.92, 1.055 * pow(c, vec3(1.0 / 2.4)) - 0.055, step(vec3(0.0031308), c));
-}
-void main() {
+"""
+    + _TO_SRGB
+    + """void main() {
     gl_Position = u_mvp * vec4(in_pos, 1.0);
     v_p = in_pos;
     // Flat shading: everything that depends on the face only is computed here, once per face (the
@@ -129,8 +135,10 @@ void main() {
 #endif
 }
 """
+)
 
-_GEOM_FS = """
+_GEOM_FS = (
+    """
 #version 330
 in vec3 v_p;
 flat in vec4 v_f;
@@ -145,11 +153,9 @@ uniform vec3 u_base;     // linear albedo of the material (or the grey)
 uniform vec4 u_zrow;     // third row of the world->camera matrix: z_cam = dot(u_zrow.xyz, p) + u_zrow.w
 layout(location = 0) out vec4 o_col;
 layout(location = 1) out vec4 o_nz;
-vec3 to_srgb(vec3 c) {
-    c = clamp(c, 0.0, 1.0);
-    return mix(c * 12.92, 1.055 * pow(c, vec3(1.0 / 2.4)) - 0.055, step(vec3(0.0031308), c));
-}
-void main() {
+"""
+    + _TO_SRGB
+    + """void main() {
 #if defined(HAS_VCOL) || defined(HAS_TEX)
     vec3 albedo = u_base;
 #ifdef HAS_VCOL
@@ -176,6 +182,7 @@ void main() {
     o_nz = vec4(v_f.xyz, -(dot(u_zrow.xyz, v_p) + u_zrow.w));
 }
 """
+)
 
 _RESOLVE_VS = """
 #version 330
@@ -186,7 +193,8 @@ void main() {
 }
 """
 
-_RESOLVE_FS = """
+_RESOLVE_FS = (
+    """
 #version 330
 uniform sampler2DMS u_col;
 uniform sampler2DMS u_nz;
@@ -194,11 +202,9 @@ uniform float u_bg;
 layout(location = 0) out vec4 o_rgb;
 layout(location = 1) out vec4 o_nz;
 layout(location = 2) out float o_alpha;
-vec3 to_srgb(vec3 c) {
-    c = clamp(c, 0.0, 1.0);
-    return mix(c * 12.92, 1.055 * pow(c, vec3(1.0 / 2.4)) - 0.055, step(vec3(0.0031308), c));
-}
-void main() {
+"""
+    + _TO_SRGB
+    + """void main() {
     ivec2 p = ivec2(gl_FragCoord.xy);
     vec4 c = vec4(0.0);
     vec4 nz = vec4(0.0);
@@ -220,6 +226,7 @@ void main() {
     o_alpha = a;
 }
 """
+)
 
 
 def _explain_context_error(exc: BaseException) -> str:
