@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ pytest.importorskip("cadquery")
 from gen3deval.execute import cadquery_worker as cqw
 from gen3deval.execute import sandbox
 from gen3deval.execute.result import ERROR_CLASSES, ExecResult, Limits
+from netprobe import listening_server
 from testdata import GENCAD
 
 SECRET = "gen3deval-test-secret-8c1f"
@@ -341,31 +340,11 @@ def test_parent_environment_invisible(pool: cqw.WorkerPool) -> None:
 
 
 def test_socket_to_a_real_local_server(pool: cqw.WorkerPool) -> None:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(4)
-    server.settimeout(0.1)
-    port = server.getsockname()[1]
-    stop = threading.Event()
-    accepted: list[object] = []
-
-    def _accept() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                accepted.append(server.accept())
-
-    th = threading.Thread(target=_accept)
-    th.start()
-    try:
+    with listening_server() as (port, accepted):
         r = run(
             f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'hi')\n"
         )
         assert r.error_class == "sandbox_violation", r.message
-        time.sleep(0.2)
-    finally:
-        stop.set()
-        th.join()
-        server.close()
     assert accepted == []
     assert pool._all[0].info["network_isolation"] in (True, False)
 

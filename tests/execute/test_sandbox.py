@@ -3,7 +3,6 @@ network interfaces, process tables) rather than against our own bookkeeping."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -11,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 
 from gen3deval.execute import sandbox
 from gen3deval.execute.result import Limits
+from netprobe import listening_server
 
 ROOT = sandbox.can_switch_user()
 needs_root = pytest.mark.skipif(not ROOT, reason="uid switching needs root")
@@ -166,39 +165,21 @@ def test_sweep_removes_files_a_uid_left_in_tmp(tmp_path: Path) -> None:
 
 @needs_netns
 def test_network_namespace_blocks_a_real_local_server(tmp_path: Path) -> None:
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(0.1)
-    stop = threading.Event()
-    port = server.getsockname()[1]
-    accepted: list[object] = []
-
-    def _accept() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                accepted.append(server.accept())
-
-    th = threading.Thread(target=_accept)
-    th.start()
-    code = textwrap.dedent(
-        f"""
-        import socket, os
-        print(sorted(n for _, n in socket.if_nameindex()))
-        s = socket.socket(); s.settimeout(2)
-        try:
-            s.connect(('127.0.0.1', {port})); print('CONNECTED')
-        except OSError as e:
-            print('blocked', e.errno)
-        """
-    )
-    out = sandbox.run_limited(
-        [sys.executable, "-c", code], Limits(wall_s=15), cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}
-    )
-    time.sleep(0.2)
-    stop.set()
-    th.join()
-    server.close()
+    with listening_server() as (port, accepted):
+        code = textwrap.dedent(
+            f"""
+            import socket, os
+            print(sorted(n for _, n in socket.if_nameindex()))
+            s = socket.socket(); s.settimeout(2)
+            try:
+                s.connect(('127.0.0.1', {port})); print('CONNECTED')
+            except OSError as e:
+                print('blocked', e.errno)
+            """
+        )
+        out = sandbox.run_limited(
+            [sys.executable, "-c", code], Limits(wall_s=15), cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}
+        )
     text = out.stdout.decode()
     assert "CONNECTED" not in text and "blocked" in text, (text, out.stderr)
     assert text.splitlines()[0] == "['lo']"

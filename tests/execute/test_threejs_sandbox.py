@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from gen3deval.errors import DependencyError
 from gen3deval.execute import sandbox
 from gen3deval.execute.result import Limits
+from netprobe import listening_server
 
 threejs = pytest.importorskip("gen3deval.execute.threejs")
 
@@ -207,34 +207,15 @@ process.stdout.write(JSON.stringify(out));
 
 
 @pytest.fixture
-def listening_server() -> Iterator[tuple[int, list[object]]]:
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.settimeout(0.2)
-    accepted: list[object] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-                accepted.append(conn)
-            except OSError:
-                continue
-
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    yield srv.getsockname()[1], accepted
-    stop.set()
-    th.join(timeout=2)
-    srv.close()
+def server() -> Iterator[tuple[int, list[object]]]:
+    with listening_server() as port_and_accepted:
+        yield port_and_accepted
 
 
-def test_escaped_code_gets_no_network(listening_server: tuple[int, list[object]]) -> None:
+def test_escaped_code_gets_no_network(server: tuple[int, list[object]]) -> None:
     if not sandbox.network_isolation_available():
         pytest.skip("network namespaces are not permitted here: sandbox['network'] says 'not isolated'")
-    port, accepted = listening_server
+    port, accepted = server
     # Sanity: the server does accept connections from outside the sandbox.
     with socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
