@@ -44,6 +44,9 @@ GEOMETRY_METRICS = (
     "volume_iou",
     "best_iou",
 )
+# The default protocol's: all but best_iou, the CAD protocol's own IoU (its own normalisation and
+# alignment), computed only where a protocol asks for it (the gencad preset).
+DEFAULT_GEOMETRY_METRICS = tuple(m for m in GEOMETRY_METRICS if m != "best_iou")
 # Model-free image metrics computed by gen3deval.metrics.image.image_metrics.
 IMAGE_METRICS = ("mse", "psnr", "ssim", "silhouette_iou")
 # Metrics defined in PROTOCOLS.md whose implementation does not exist yet in this package.
@@ -91,15 +94,7 @@ class Protocol:
     seed: int = 0
     thresholds: tuple[float, ...] = (0.01, 0.02, 0.05)
     iou_resolution: int = 128
-    metrics: tuple[str, ...] = (
-        "chamfer_l1",
-        "chamfer_l2",
-        "chamfer_l2_sum",
-        "hausdorff",
-        "fscore",
-        "normal_consistency",
-        "volume_iou",
-    )
+    metrics: tuple[str, ...] = DEFAULT_GEOMETRY_METRICS
     image_metrics: tuple[str, ...] = IMAGE_METRICS
     rig: str | None = "ref"
     ref_rig: str = "ref"
