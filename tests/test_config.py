@@ -182,7 +182,7 @@ def test_spec_file_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_fingerprint_records_the_protocol() -> None:
-    from gen3deval.engine.runner import protocol_fingerprint
+    from gen3deval.engine.build import protocol_fingerprint
 
     p = PROTOCOLS["default"]
     fp = protocol_fingerprint(p, renderer={"renderer": "test"})

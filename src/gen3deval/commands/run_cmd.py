@@ -101,9 +101,9 @@ def resolve_spec(args: argparse.Namespace) -> RunSpec:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gen3deval.engine.build import build_engine, spec_json
     from gen3deval.engine.progress import make_progress
     from gen3deval.engine.results import build_meta, build_rows, renderers_used
-    from gen3deval.engine.runner import build_engine, spec_json
     from gen3deval.engine.store import Store
     from gen3deval.report import write_reports
 

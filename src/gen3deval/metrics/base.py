@@ -36,6 +36,12 @@ class MetricSpec:
         description: one line, the definition.
         display: the column name in tables, e.g. ``"CD x10^3"``, ``"F@1"``.
         scale: tables show ``value * scale`` under ``display`` (1000 for ``"CD x10^3"``).
+        aggregate: the statistic over cases, ``"mean"`` or ``"median"`` (unbounded lower-is-better metrics
+            such as Chamfer use the median, so one failure scored +inf does not make the "all" value +inf).
+            The valid-only and all-cases columns of a report use the same statistic.
+        worst: the value a failed case is scored with in all-cases aggregates: the metric's worst possible
+            value (0 for IoU/F-score/NC, -1 for SSIM, +inf for distances), so an all-cases value can never
+            look better than the valid-only one.
     """
 
     key: str
@@ -46,6 +52,8 @@ class MetricSpec:
     description: str
     display: str
     scale: float = 1.0
+    aggregate: str = "mean"
+    worst: float = 0.0
 
     @property
     def name(self) -> str:
@@ -70,6 +78,8 @@ class MetricSpec:
             "unit": self.unit,
             "display": self.display,
             "scale": self.scale,
+            "aggregate": self.aggregate,
+            "worst": self.worst,
             "inputs": list(self.inputs),
             "description": self.description,
         }

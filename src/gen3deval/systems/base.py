@@ -119,9 +119,28 @@ class System:
     def check_settings(cls, settings: dict[str, Any], where: str) -> None:
         """Extra checks of the filled-in settings (override; raise ConfigError naming ``where.key``)."""
 
-    def generate(self, case: Case, reference: Mesh | None, workdir: Path) -> Candidate:
-        """Produce the candidate of ``case``. ``reference`` is the canonical reference mesh when
-        ``needs_reference`` (else None); ``workdir`` is an empty scratch folder for output files."""
+    # -- planning hooks: called in the engine process, before any work; must be cheap -----------------
+    def preflight(self, cases: list[Case]) -> list[str]:
+        """Check this system against the run's cases before any work.
+
+        Returns warnings to print (e.g. ``files``: "0 of 20 cases have a file; 20 files match no id");
+        raises :class:`~gen3deval.errors.ConfigError` for a configuration that cannot work at all.
+        """
+        return []
+
+    def attempts(self, case: Case) -> int:
+        """How many attempts this system makes for ``case`` (>= 1); each is its own pipeline and row."""
+        return 1
+
+    def input_fingerprint(self, case: Case, attempt: int) -> str:
+        """A digest of everything outside (case, settings, reference) that :meth:`generate` reads for this
+        attempt, e.g. the content hash of an output file. Part of the generate stage's key, so a changed
+        file is generated (scored) again and an unchanged one is not. ``""``: nothing outside."""
+        return ""
+
+    def generate(self, case: Case, reference: Mesh | None, workdir: Path, attempt: int = 1) -> Candidate:
+        """Produce the candidate of ``case`` for ``attempt`` (1-based). ``reference`` is the canonical
+        reference mesh when ``needs_reference`` (else None); ``workdir`` is an empty scratch folder."""
         raise NotImplementedError
 
 

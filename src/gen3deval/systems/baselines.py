@@ -157,7 +157,7 @@ class OracleSystem(System):
     needs_reference: ClassVar[bool] = True
     output: ClassVar[str] = "mesh"
 
-    def generate(self, case: Case, reference: Mesh | None, workdir: Path) -> Candidate:
+    def generate(self, case: Case, reference: Mesh | None, workdir: Path, attempt: int = 1) -> Candidate:
         from gen3deval.mesh.io import save_mesh
 
         ref = _need(reference, self.name, case)
@@ -174,7 +174,7 @@ class BBoxSystem(System):
     needs_reference: ClassVar[bool] = True
     output: ClassVar[str] = "program"
 
-    def generate(self, case: Case, reference: Mesh | None, workdir: Path) -> Candidate:
+    def generate(self, case: Case, reference: Mesh | None, workdir: Path, attempt: int = 1) -> Candidate:
         ref = _need(reference, self.name, case)
         lo, hi = ref.bounds
         # A flat reference (a plane) would give a zero-thickness box: keep a sliver so it has triangles.
@@ -216,7 +216,7 @@ class BoxesSystem(System):
         hi = np.minimum(origin + ijk[keep, 3:] * h, reference.bounds[1])  # the grid may overhang the max side
         return np.concatenate([(lo + hi) / 2.0, hi - lo], axis=1)
 
-    def generate(self, case: Case, reference: Mesh | None, workdir: Path) -> Candidate:
+    def generate(self, case: Case, reference: Mesh | None, workdir: Path, attempt: int = 1) -> Candidate:
         ref = _need(reference, self.name, case)
         boxes = self.boxes(ref)
         comment = (
@@ -234,7 +234,7 @@ class SphereSystem(System):
     needs_reference: ClassVar[bool] = True
     output: ClassVar[str] = "program"
 
-    def generate(self, case: Case, reference: Mesh | None, workdir: Path) -> Candidate:
+    def generate(self, case: Case, reference: Mesh | None, workdir: Path, attempt: int = 1) -> Candidate:
         ref = _need(reference, self.name, case)
         lo, hi = ref.bounds
         center = (lo + hi) / 2.0

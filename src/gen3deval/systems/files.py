@@ -35,7 +35,7 @@ class FilesSystem(System):
         if settings["up"] not in ("y", "z"):
             raise ConfigError(f"{where}.up: expected 'y' or 'z', got {settings['up']!r}")
 
-    def generate(self, case: Case, reference: Mesh | None, workdir: Path) -> Candidate:
+    def generate(self, case: Case, reference: Mesh | None, workdir: Path, attempt: int = 1) -> Candidate:
         folder = Path(self.settings["dir"])
         for suffix in MESH_SUFFIXES:
             p = folder / f"{case.id}{suffix}"
