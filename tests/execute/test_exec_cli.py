@@ -34,8 +34,11 @@ def _runtime() -> None:
 
 
 def exec_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:  # type: ignore[type-arg]
-    assert main(["exec", *args, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
+    """Run ``gen3deval exec ... --json``; the exit status must be 0 exactly when the program is executable."""
+    code = main(["exec", *args, "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == (0 if out["executable"] else 1), (code, out["error_class"])
+    return out
 
 
 def test_json_output_of_a_good_program(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,10 +82,11 @@ def test_out_writes_the_mesh(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert mesh.materials[0].base_color[:3] == pytest.approx((0, 1, 0), abs=1 / 255)
 
 
-def test_failing_program_exits_0_with_its_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failing_program_exits_1_with_its_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     prog = tmp_path / "bad.js"
     prog.write_text("function createObject(THREE) {\n  return new THREE.Mesh(\n}\n")
-    out = exec_json(capsys, str(prog), "--out", str(tmp_path / "never.glb"))
+    assert main(["exec", str(prog), "--json", "--out", str(tmp_path / "never.glb")]) == 1
+    out = json.loads(capsys.readouterr().out)
     assert out["executable"] is False and out["error_class"] == "syntax"
     assert out["faces"] == 0 and out["watertight"] is False and out["out"] is None
     assert not (tmp_path / "never.glb").exists()
@@ -118,7 +122,7 @@ def test_human_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "made a box" in text
     bad = tmp_path / "nothing.js"
     bad.write_text("const x = 1;\n")
-    assert main(["exec", str(bad)]) == 0
+    assert main(["exec", str(bad)]) == 1
     assert "NOT executable [no_geometry]" in capsys.readouterr().out
 
 
@@ -166,6 +170,19 @@ def test_real_subprocess(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["executable"] is True and out["faces"] == 12
+    assert proc.stderr == ""
+    # A program that is not executable: the same JSON, exit status 1 (shell scripts can test it).
+    bad = tmp_path / "empty.js"
+    bad.write_text("function createObject(THREE) { return null; }\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gen3deval", "exec", str(bad), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["error_class"] == "no_geometry"
     assert proc.stderr == ""
 
 

@@ -1,7 +1,8 @@
 """``gen3deval exec FILE``: run one CadQuery or Three.js program in the sandbox (PROTOCOLS.md section 9).
 
-Exit status: 0 when the program was run (whether it succeeded or not: the outcome is the output),
-2 for bad usage (missing file, unknown or unguessable language, bad limits).
+Exit status: 0 when the program is executable, 1 when it is not (its error class and message are the
+output) or when its runtime is missing (an error line naming the fix, no result), 2 for bad usage
+(missing file, unknown or unguessable language, bad limits).
 """
 
 from __future__ import annotations
@@ -13,20 +14,32 @@ from pathlib import Path
 from typing import Any
 
 from gen3deval.errors import UserInputError
+from gen3deval.execute.registry import EXECUTORS, language_for_suffix, program_suffixes
 
-HELP = "run one CadQuery (.py) or Three.js (.js) program in the sandbox and report the outcome"
+HELP = (
+    "run one CadQuery (.py) or Three.js (.js) program in the sandbox and report the outcome "
+    "(exit 0: executable, 1: not executable, 2: bad usage)"
+)
+EPILOG = (
+    "exit status: 0 when the program is executable; 1 when it is not (the error class and message are "
+    "printed) or when the language's runtime is missing (an error naming the fix); 2 for bad usage"
+)
 
-SUFFIX_LANGUAGE = {".py": "cadquery", ".js": "threejs", ".mjs": "threejs", ".cjs": "threejs"}
 # Model answers (markdown/prose) go through extract_code first.
 ANSWER_SUFFIXES = (".md", ".markdown", ".txt")
 
 
+def _suffix_help() -> str:
+    return ", ".join(f"{suffix} -> {lang}" for suffix, lang in program_suffixes().items())
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = EPILOG
     p.add_argument("file", help="the program (.py CadQuery, .js Three.js) or a model answer (.md/.txt)")
     p.add_argument(
         "--lang",
-        choices=["cadquery", "threejs"],
-        help="program language (default: from the suffix, .py -> cadquery, .js -> threejs)",
+        choices=list(EXECUTORS),
+        help=f"program language (default: from the suffix, {_suffix_help()})",
     )
     p.add_argument("--out", metavar="MESH", help="write the mesh here (.glb/.obj/.ply/.stl/.off)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -42,11 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _language(args: argparse.Namespace, path: Path) -> str:
     if args.lang:
         return str(args.lang)
-    lang = SUFFIX_LANGUAGE.get(path.suffix.lower())
+    lang = language_for_suffix(path.suffix)
     if lang is None:
         raise UserInputError(
             f"{path}: cannot tell the language from the suffix {path.suffix or '(none)'!r}; "
-            "pass --lang cadquery or --lang threejs"
+            f"pass --lang {' or --lang '.join(EXECUTORS)}"
         )
     return lang
 
@@ -109,9 +122,9 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.json:
         print(json.dumps(out, indent=2))
-        return 0
-    _print_human(out, args.out)
-    return 0
+    else:
+        _print_human(out, args.out)
+    return 0 if out["executable"] else 1
 
 
 def _print_human(out: dict[str, Any], wanted_out: str | None) -> None:

@@ -1,17 +1,19 @@
 """Executors: run a generated program in a sandbox; get a mesh or a classified error (PROTOCOLS.md section 9).
 
-One interface for both languages::
+One interface for every language::
 
-    from gen3deval.execute import extract_code, run, run_many
+    from gen3deval.execute import check_runtime, extract_code, run, run_many
 
+    check_runtime("threejs")                         # DependencyError with the fix if Node/three is missing
     code = extract_code(model_answer, "threejs")    # None when the answer holds no code
     result = run(code, "threejs")                    # ExecResult; never raises for a bad program
     results = run_many(programs, "cadquery", jobs=2) # input order; None/empty entries -> no_code
 
-``"threejs"``: :mod:`gen3deval.execute.threejs` (a fresh sandboxed Node per program, the contract
-``function createObject(THREE)`` in ``docs/threejs-contract.md``). ``"cadquery"``:
-:mod:`gen3deval.execute.cadquery_worker` (warm sandboxed workers, ``docs/cadquery-contract.md``),
-imported only when used.
+The languages are the :data:`EXECUTORS` registry (:mod:`gen3deval.execute.registry`), one module per
+language: ``"threejs"`` (:mod:`~gen3deval.execute.threejs_executor`: a fresh sandboxed Node per program,
+``function createObject(THREE)``, ``docs/threejs-contract.md``) and ``"cadquery"``
+(:mod:`~gen3deval.execute.cadquery_executor`: warm sandboxed workers, ``docs/cadquery-contract.md``).
+Their heavy modules are imported only when a program runs.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from gen3deval.errors import ConfigError
 from gen3deval.execute.extract import extract_code
-from gen3deval.execute.result import ERROR_CLASSES, LANGUAGES, ExecResult, Limits
-
-
-def _check_language(language: str) -> str:
-    if language not in LANGUAGES:
-        raise ConfigError(f"unknown program language {language!r}; expected one of {', '.join(LANGUAGES)}")
-    return language
+from gen3deval.execute.registry import (
+    EXECUTORS,
+    LANGUAGES,
+    check_runtime,
+    get_executor,
+    language_for_suffix,
+    program_suffix,
+)
+from gen3deval.execute.result import ERROR_CLASSES, ExecResult, Limits
 
 
 def default_limits(language: str) -> Limits:
@@ -36,42 +39,18 @@ def default_limits(language: str) -> Limits:
     threejs: 10 s wall/CPU, 2048 MiB address space (Node needs >= 768), no network.
     cadquery: :class:`Limits` defaults (30 s, 2048 MiB: importing CadQuery needs ~1.5 GiB), no network.
     """
-    if _check_language(language) == "threejs":
-        from gen3deval.execute.threejs import default_limits as js_limits
-
-        return js_limits()
-    return Limits()
-
-
-def _no_code(language: str, limits: Limits) -> ExecResult:
-    return ExecResult(
-        executable=False,
-        error_class="no_code",
-        message="no program: the answer was missing or empty",
-        language=language,
-        limits=limits,
-    )
+    return get_executor(language).default_limits()
 
 
 def run(program: str | None, language: str, limits: Limits | None = None) -> ExecResult:
     """Run one program of ``language`` (``"cadquery"`` or ``"threejs"``) in its sandbox.
 
     A None/empty/whitespace program gives error class ``no_code``. Raises ConfigError for an unknown
-    language, DependencyError when the language's runtime is missing, ExecutionError when the sandbox
-    itself fails; every failure of the program is an ExecResult.
+    language, DependencyError when the language's runtime is missing (an environment error, never a
+    program's failure), ExecutionError when the sandbox itself fails; every failure of the program is an
+    ExecResult.
     """
-    limits = limits or default_limits(language)
-    if _check_language(language) == "threejs":
-        if program is None or not program.strip():
-            return _no_code(language, limits)
-        from gen3deval.execute.threejs import run_threejs
-
-        return run_threejs(program, limits)
-    if program is None or not program.strip():
-        return _no_code(language, limits)
-    from gen3deval.execute.cadquery_worker import run_cadquery
-
-    return run_cadquery(program, limits)
+    return get_executor(language).run(program, limits)
 
 
 def run_many(
@@ -82,34 +61,21 @@ def run_many(
 ) -> list[ExecResult]:
     """Run many programs, ``jobs`` at a time (default: the number of cores), results in input order.
     None/empty entries give ``no_code`` results without running anything."""
-    limits = limits or default_limits(language)
-    _check_language(language)
-    jobs = max(1, int(jobs or os.cpu_count() or 1))
-    todo = [(i, p) for i, p in enumerate(programs) if p is not None and p.strip()]
-    out: list[ExecResult] = [_no_code(language, limits) for _ in programs]
-    if not todo:
-        return out
-    sources = [p for _, p in todo]
-    if language == "threejs":
-        from gen3deval.execute.threejs import run_threejs_many
-
-        results = run_threejs_many(sources, limits, jobs=jobs)
-    else:
-        from gen3deval.execute.cadquery_worker import run_cadquery_many
-
-        results = run_cadquery_many(sources, limits, jobs)
-    for (i, _), r in zip(todo, results, strict=True):
-        out[i] = r
-    return out
+    return get_executor(language).run_many(programs, limits, int(jobs or os.cpu_count() or 1))
 
 
 __all__ = [
     "ERROR_CLASSES",
+    "EXECUTORS",
     "LANGUAGES",
     "ExecResult",
     "Limits",
+    "check_runtime",
     "default_limits",
     "extract_code",
+    "get_executor",
+    "language_for_suffix",
+    "program_suffix",
     "run",
     "run_many",
 ]

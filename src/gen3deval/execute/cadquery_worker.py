@@ -69,6 +69,7 @@ import numpy as np
 from gen3deval.errors import DependencyError, ExecutionError
 from gen3deval.execute import sandbox
 from gen3deval.execute._cq_wire import FrameError, encode_frame, parse_frame
+from gen3deval.execute.cadquery_executor import INSTALL_HINT, import_failure
 from gen3deval.execute.result import ExecResult, Limits
 from gen3deval.mesh.types import Mesh
 
@@ -255,17 +256,15 @@ class CadQueryWorker:
             log = self._log_tail()
             self.close()
             if "No module named 'cadquery'" in log:
-                raise DependencyError(
-                    "cadquery is not installed: pip install 'gen3deval[cad]' (or pip install cadquery)"
-                ) from None
+                raise DependencyError(f"cadquery is not installed: {INSTALL_HINT}") from None
             raise ExecutionError(f"CadQuery worker failed to start ({exc}): {log}") from None
         if header.get("status") != "ready":
             self.close()
             msg = str(header.get("message", header))
-            if "No module named 'cadquery'" in msg or "No module named 'OCP'" in msg:
-                raise DependencyError(
-                    f"cadquery is not installed ({msg}): pip install 'gen3deval[cad]' (or pip install cadquery)"
-                )
+            # An import that fails (not installed, a missing system library) is the environment's fault.
+            dep = import_failure(msg)
+            if dep is not None:
+                raise dep
             raise ExecutionError(f"CadQuery worker failed to start: {msg}")
         self.info = header
 

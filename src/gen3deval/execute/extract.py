@@ -7,8 +7,8 @@ The rule, in order (``extract_code(answer, language)``):
    are collected. A block *belongs* to the language when its tag names it (``js``, ``javascript``,
    ``mjs``, ``jsx``, ``ts``, ``typescript``, ``node``, ``html`` for three.js, whose ``<script>``
    bodies are used; ``python``, ``py``, ``python3``, ``cadquery`` for CadQuery), or it has no tag
-   and does not look like the other language. Blocks tagged otherwise (``bash``, ``json``, ...) are
-   ignored.
+   and does not look like another language. Blocks tagged otherwise (``bash``, ``json``, ...) are
+   ignored. Tags and patterns come from each executor's :class:`~gen3deval.execute.base.CodeSyntax`.
 3. Among those, the *main* block is the one with the entry point: three.js: it defines
    ``createObject``; CadQuery: it imports cadquery or calls ``cq.``/``cadquery.``. With several,
    the longest wins (ties: the later one, usually the revision). With none, the longest block.
@@ -28,65 +28,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from gen3deval.execute.base import CodeSyntax
+from gen3deval.execute.registry import EXECUTORS, language_named
+
 _THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
 _FENCE_OPEN = re.compile(r"^[ \t]{0,3}(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)$")
-
-_JS_TAGS = {
-    "js",
-    "javascript",
-    "mjs",
-    "cjs",
-    "jsx",
-    "ts",
-    "typescript",
-    "node",
-    "nodejs",
-    "es6",
-    "threejs",
-    "three",
-}
-_PY_TAGS = {"python", "py", "python3", "py3", "cadquery", "cq"}
 _HTML_TAGS = {"html", "htm", "xhtml"}
-
-_JS_ENTRY = re.compile(
-    r"\bfunction\s*\*?\s*createObject\b|\bcreateObject\s*[:=]|^\s*(?:async\s+)?createObject\s*\([^)]*\)\s*\{",
-    re.M,
-)
-_PY_ENTRY = re.compile(r"^\s*(?:import\s+cadquery\b|from\s+cadquery\b)|\b(?:cq|cadquery)\.\w", re.M)
-_PY_IMPORT = re.compile(r"^\s*(?:import\s+cadquery\b|from\s+cadquery\b)", re.M)
-
-# Signs of one language, used for untagged blocks and bare answers.
-_JS_SIGNS = re.compile(r"\b(?:const|let|var|function|new|return)\b|=>|;\s*$|\bTHREE\.", re.M)
-_PY_SIGNS = re.compile(r"^\s*(?:def |import |from \S+ import |class \w+.*:$)|^\s*\w+\s*=\s*\S|\bcq\.", re.M)
-_JS_ONLY = re.compile(r"\b(?:const|let|var)\s+\w+\s*=|=>|\bfunction\s+\w+\s*\(|\bTHREE\.\w")
-_PY_ONLY = re.compile(
-    r"^\s*(?:def \w+\(.*\)\s*(?:->.*)?:\s*$|import \w+(?: as \w+)?\s*$|from \S+ import )", re.M
-)
-
 _SCRIPT = re.compile(r"<script\b[^>]*>(.*?)</script>", re.S | re.I)
-
-# Top-level definitions, for joining parts.
-_JS_DEFS = re.compile(
-    r"^(?:export\s+)?(?:async\s+)?(?:function\s*\*?\s*|class\s+|const\s+|let\s+|var\s+)([A-Za-z_$][\w$]*)",
-    re.M,
-)
-_PY_DEFS = re.compile(r"^(?:def|class)\s+([A-Za-z_]\w*)|^([A-Za-z_]\w*)\s*=", re.M)
-# Names bound anywhere in a block (any indentation, parameters aside): a name the main block binds
-# itself is never taken from another block.
-_JS_BINDS = re.compile(r"\b(?:function\s*\*?\s*|class\s+|const\s+|let\s+|var\s+)([A-Za-z_$][\w$]*)")
-_PY_BINDS = re.compile(r"^\s*(?:def|class)\s+([A-Za-z_]\w*)|^\s*([A-Za-z_]\w*)\s*=(?!=)", re.M)
 _IDENT = re.compile(r"[A-Za-z_$][\w$]*")
-_JS_CALLS_ENTRY = re.compile(r"\bcreateObject\s*\(")
-
-# A line of code (for bare answers): starts like code or ends like code.
-_JS_CODE_LINE = re.compile(
-    r"^\s*(?:import\b|export\b|const\b|let\b|var\b|function\b|async\b|class\b|return\b|if\b|for\b|while\b|"
-    r"//|/\*|\*|[}\])]|[\w$.\[\]]+\s*(?:=|\+=|-=|\()|\w+\.\w+)|[;{}(,]\s*$"
-)
-_PY_CODE_LINE = re.compile(
-    r"^\s*(?:import\b|from\b|def\b|class\b|return\b|if\b|elif\b|else\b|for\b|while\b|with\b|try\b|except\b|"
-    r"#|@|[\w.\[\]]+\s*(?:=|\+=|-=|\()|\)|\]|\.\w+\()|[:(,\[\\]\s*$"
-)
+_STRING = re.compile(r"(['\"`])(?:\\.|(?!\1).)*\1")
 _PROSE = re.compile(r"^\s*(?:[-*]\s+|\d+\.\s+)?[A-Z][a-z]*[,']?(?:\s+[\w'’,()-]+){2,}[.:!?]?\s*$")
 
 
@@ -97,13 +47,11 @@ class _Block:
     pos: int
 
 
-def _norm_lang(language: str) -> str:
-    lang = language.lower().strip()
-    if lang in ("threejs", "three", "js", "javascript"):
-        return "threejs"
-    if lang in ("cadquery", "python", "py", "cq"):
-        return "cadquery"
-    raise ValueError(f"unknown language {language!r}; expected 'threejs' or 'cadquery'")
+def _syntax(language: str) -> tuple[str, CodeSyntax]:
+    lang = language_named(language)
+    if lang is None:
+        raise ValueError(f"unknown language {language!r}; expected one of {', '.join(EXECUTORS)}")
+    return lang, EXECUTORS[lang].syntax
 
 
 def _fenced_blocks(text: str) -> list[_Block]:
@@ -130,77 +78,62 @@ def _fenced_blocks(text: str) -> list[_Block]:
     return blocks
 
 
+def _names(pattern: re.Pattern[str], code: str) -> set[str]:
+    """Names captured by ``pattern`` (the first non-empty group of each match)."""
+    return {next(g for g in m.groups() if g) for m in pattern.finditer(code)}
+
+
 def _looks_like(code: str, lang: str) -> bool:
-    if lang == "threejs":
-        return bool(_JS_ONLY.search(code)) or (bool(_JS_SIGNS.search(code)) and not _PY_ONLY.search(code))
-    return bool(_PY_ONLY.search(code)) or (bool(_PY_SIGNS.search(code)) and not _JS_ONLY.search(code))
+    """Strong signs of ``lang``, or its weak signs and no strong sign of another language."""
+    syn = EXECUTORS[lang].syntax
+    if syn.only.search(code):
+        return True
+    others = [ex.syntax for name, ex in EXECUTORS.items() if name != lang]
+    return bool(syn.signs.search(code)) and not any(o.only.search(code) for o in others)
 
 
 def _belongs(block: _Block, lang: str) -> str | None:
     """The block's code if it is in ``lang`` (for HTML: its script bodies), else None."""
+    syn = EXECUTORS[lang].syntax
     tag = block.tag
-    if lang == "threejs":
-        if tag in _JS_TAGS:
-            return block.code
-        if tag in _HTML_TAGS or (not tag and "<script" in block.code.lower()):
-            scripts = [s.strip("\n") for s in _SCRIPT.findall(block.code) if s.strip()]
-            return "\n\n".join(scripts) if scripts else None
-        if not tag and _looks_like(block.code, lang):
-            return block.code
-        return None
-    if tag in _PY_TAGS:
+    if tag in syn.fence_tags:
         return block.code
+    if syn.html_scripts and (tag in _HTML_TAGS or (not tag and "<script" in block.code.lower())):
+        scripts = [s.strip("\n") for s in _SCRIPT.findall(block.code) if s.strip()]
+        return "\n\n".join(scripts) if scripts else None
     if not tag and _looks_like(block.code, lang):
         return block.code
     return None
 
 
-def _has_entry(code: str, lang: str) -> bool:
-    return bool((_JS_ENTRY if lang == "threejs" else _PY_ENTRY).search(code))
+def _strip_comments_strings(code: str, syn: CodeSyntax) -> str:
+    return _STRING.sub(" ", syn.comments.sub(" ", code))
 
 
-def _defined(code: str, lang: str) -> set[str]:
-    if lang == "threejs":
-        return set(_JS_DEFS.findall(code))
-    return {a or b for a, b in _PY_DEFS.findall(code)}
-
-
-def _strip_comments_strings(code: str, lang: str) -> str:
-    if lang == "threejs":
-        code = re.sub(r"/\*.*?\*/|//[^\n]*", " ", code, flags=re.S)
-    else:
-        code = re.sub(r"#[^\n]*", " ", code)
-    return re.sub(r"(['\"`])(?:\\.|(?!\1).)*\1", " ", code)
-
-
-def _bound(code: str, lang: str) -> set[str]:
-    if lang == "threejs":
-        return set(_JS_BINDS.findall(code))
-    return {a or b for a, b in _PY_BINDS.findall(code)}
-
-
-def _is_usage_example(code: str, lang: str) -> bool:
+def _is_usage_example(code: str, syn: CodeSyntax) -> bool:
     """A block that calls the entry point without defining it (``scene.add(createObject(THREE))``)."""
-    return lang == "threejs" and bool(_JS_CALLS_ENTRY.search(code)) and not _JS_ENTRY.search(code)
+    return syn.calls_entry is not None and bool(syn.calls_entry.search(code)) and not syn.entry.search(code)
 
 
-def _join_parts(main: str, others: list[tuple[int, str]], main_pos: int, lang: str) -> str:
+def _join_parts(main: str, others: list[tuple[int, str]], main_pos: int, syn: CodeSyntax) -> str:
     """Prepend the other blocks that define names ``main`` uses but lacks (transitively); usage
     examples (blocks calling ``createObject``) are never joined."""
     chosen: dict[int, str] = {}
     needed_from = [main]
-    have = _defined(main, lang) | _bound(main, lang)
-    others = [(pos, code) for pos, code in others if not _is_usage_example(code, lang)]
+    have = _names(syn.defs, main) | _names(syn.binds, main)
+    others = [(pos, code) for pos, code in others if not _is_usage_example(code, syn)]
+    imp, use = syn.library_import, syn.library_use
+    # A main block that uses the library (``cq.``) without importing it takes the block with the import.
+    lacks_import = imp is not None and use is not None and not imp.search(main) and bool(use.search(main))
     while needed_from:
         code = needed_from.pop()
-        used = set(_IDENT.findall(_strip_comments_strings(code, lang)))
+        used = set(_IDENT.findall(_strip_comments_strings(code, syn)))
         for pos, other in others:
             if pos in chosen:
                 continue
-            defs = _defined(other, lang)
+            defs = _names(syn.defs, other)
             wanted = (defs & used) - have
-            needs_import = lang == "cadquery" and not _PY_IMPORT.search(main) and _PY_IMPORT.search(other)
-            if wanted or (needs_import and re.search(r"\b(?:cq|cadquery)\.", main)):
+            if wanted or (lacks_import and imp is not None and imp.search(other)):
                 chosen[pos] = other
                 have |= defs
                 needed_from.append(other)
@@ -211,30 +144,26 @@ def _join_parts(main: str, others: list[tuple[int, str]], main_pos: int, lang: s
     return "\n\n".join(code for _, code in parts)
 
 
-def _bare_code(text: str, lang: str) -> str | None:
+def _bare_code(text: str, syn: CodeSyntax) -> str | None:
     """An unfenced answer: the span from the first to the last code line, if it holds the entry."""
     lines = text.split("\n")
-    is_code = _JS_CODE_LINE if lang == "threejs" else _PY_CODE_LINE
 
     def code_line(ln: str) -> bool:
-        return bool(ln.strip()) and bool(is_code.search(ln)) and not _PROSE.match(ln)
+        return bool(ln.strip()) and bool(syn.code_line.search(ln)) and not _PROSE.match(ln)
 
     first = next((i for i, ln in enumerate(lines) if code_line(ln)), None)
     if first is None:
         return None
     last = max(i for i, ln in enumerate(lines) if code_line(ln))
     code = "\n".join(lines[first : last + 1]).strip("\n")
-    if lang == "threejs" and not _JS_ENTRY.search(code):
-        return None
-    if lang == "cadquery" and not _PY_IMPORT.search(code):
-        return None
-    return code
+    return code if syn.bare_requires.search(code) else None
 
 
 def extract_code(answer: str | None, language: str) -> str | None:
-    """The program in ``answer`` for ``language`` (``"threejs"`` or ``"cadquery"``), or None when the
-    answer holds no code (see the module docstring for the exact rule)."""
-    lang = _norm_lang(language)
+    """The program in ``answer`` for ``language`` (``"threejs"``, ``"cadquery"`` or an alias such as
+    ``js``/``python``), or None when the answer holds no code (see the module docstring for the exact
+    rule). ValueError for an unknown language."""
+    lang, syn = _syntax(language)
     if not answer or not answer.strip():
         return None
     text = _THINK.sub("", answer.replace("\r\n", "\n"))
@@ -242,13 +171,13 @@ def extract_code(answer: str | None, language: str) -> str | None:
     if blocks:
         mine = [(b.pos, code) for b in blocks if (code := _belongs(b, lang)) is not None and code.strip()]
         if mine:
-            entries = [(pos, code) for pos, code in mine if _has_entry(code, lang)]
+            entries = [(pos, code) for pos, code in mine if syn.entry.search(code)]
             pool = entries or mine
             main_pos, main = max(pool, key=lambda pc: (len(pc[1]), pc[0]))
             others = [(pos, code) for pos, code in mine if pos != main_pos]
-            return _join_parts(main, others, main_pos, lang).strip("\n") + "\n"
+            return _join_parts(main, others, main_pos, syn).strip("\n") + "\n"
         # Fences, but none in this language: fall through to look for bare code in the prose.
-    code = _bare_code(text, lang)
+    code = _bare_code(text, syn)
     return code + "\n" if code else None
 
 

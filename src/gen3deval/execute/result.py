@@ -19,8 +19,6 @@ ERROR_CLASSES = (
     "sandbox_violation",
 )
 
-LANGUAGES = ("cadquery", "threejs")
-
 
 @dataclass(frozen=True)
 class Limits:

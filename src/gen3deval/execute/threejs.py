@@ -69,6 +69,9 @@ from gen3deval.mesh.types import Material, Mesh
 SCAFFOLD_DIR = Path(__file__).resolve().with_name("threejs_scaffold")
 RUNNER_JS = SCAFFOLD_DIR / "runner.js"
 INSTALL_HINT = f"npm ci --prefix {SCAFFOLD_DIR}"
+NODE_HINT = (
+    "install Node.js >= 20.11 (e.g. apt-get install nodejs npm, or https://nodejs.org) or set GEN3DEVAL_NODE"
+)
 
 # Node refuses to start below ~600 MiB of address space (it reserves a 128 MiB code range and more).
 MIN_MEMORY_MB = 768
@@ -198,22 +201,50 @@ class Runtime:
 
 def node_binary() -> str:
     """The ``node`` to use: ``$GEN3DEVAL_NODE`` or the first on PATH; DependencyError if none."""
-    node = os.environ.get("GEN3DEVAL_NODE") or shutil.which("node")
+    env = os.environ.get("GEN3DEVAL_NODE")
+    node = env or shutil.which("node")
     if not node:
-        raise DependencyError("Node.js (>= 20) is required for Three.js programs: install `node`")
+        raise DependencyError(
+            f"Node.js is required for Three.js programs but `node` is not on PATH: {NODE_HINT}"
+        )
+    if env and not (os.path.isfile(env) and os.access(env, os.X_OK)):
+        raise DependencyError(f"GEN3DEVAL_NODE={env} is not an executable file: {NODE_HINT}")
     return node
+
+
+def scaffold_dir() -> Path:
+    """The folder whose ``node_modules/three`` programs use: ``$GEN3DEVAL_THREEJS_SCAFFOLD`` (e.g. a writable
+    copy of the scaffold for a read-only installation) or the package's ``threejs_scaffold``. The
+    runner (``runner.js``) always comes from the package."""
+    env = os.environ.get("GEN3DEVAL_THREEJS_SCAFFOLD")
+    return Path(env).expanduser().resolve() if env else SCAFFOLD_DIR
+
+
+def install_hint(scaffold: Path | None = None) -> str:
+    """The command that installs three's pinned npm package into ``scaffold`` (default :func:`scaffold_dir`)."""
+    where = scaffold or scaffold_dir()
+    if where == SCAFFOLD_DIR:
+        return f"{INSTALL_HINT} (in a checkout: make setup)"
+    if (where / "package-lock.json").is_file():
+        return f"npm ci --prefix {where}"
+    return (
+        f"cp {SCAFFOLD_DIR}/package.json {SCAFFOLD_DIR}/package-lock.json {where}/ && npm ci --prefix {where}"
+    )
 
 
 def three_build_dir() -> Path:
     """``node_modules/three/build`` of the scaffold; DependencyError with the install command if absent."""
-    build = SCAFFOLD_DIR / "node_modules" / "three" / "build"
+    scaffold = scaffold_dir()
+    build = scaffold / "node_modules" / "three" / "build"
     if not (build / "three.core.js").is_file() or not (build / "three.module.js").is_file():
-        raise DependencyError(f"three.js is not installed for the Three.js executor; run: {INSTALL_HINT}")
+        raise DependencyError(
+            f"three.js is not installed for the Three.js executor (no {build}); run: {install_hint(scaffold)}"
+        )
     return build
 
 
 def three_version() -> str:
-    pkg = SCAFFOLD_DIR / "node_modules" / "three" / "package.json"
+    pkg = scaffold_dir() / "node_modules" / "three" / "package.json"
     try:
         return str(json.loads(pkg.read_text())["version"])
     except (OSError, ValueError, KeyError):
@@ -253,7 +284,7 @@ def build_bundle(build_dir: Path | None = None) -> str:
     core_exports = _EXPORT_LOCAL.findall(core)
     if len(core_exports) != 1 or len(_ANY_MODULE_SYNTAX.findall(core)) != 1:
         raise DependencyError(
-            f"unexpected module syntax in {build / 'three.core.js'}; reinstall: {INSTALL_HINT}"
+            f"unexpected module syntax in {build / 'three.core.js'}; reinstall: {install_hint()}"
         )
     core_body = _EXPORT_LOCAL.sub("", core)
     core_obj = ", ".join(f"{exported}: {local}" for local, exported in _specifiers(core_exports[0]))
@@ -266,11 +297,15 @@ def build_bundle(build_dir: Path | None = None) -> str:
     n_syntax = len(_ANY_MODULE_SYNTAX.findall(module))
     if n_syntax != len(imports) + len(reexports) + len(local_exports) or _ANY_MODULE_SYNTAX.search(body):
         raise DependencyError(
-            f"unexpected module syntax in {build / 'three.module.js'}; reinstall: {INSTALL_HINT}"
+            f"unexpected module syntax in {build / 'three.module.js'}; reinstall: {install_hint()}"
         )
     destructure = ", ".join(f"{name}: {alias}" for spec in imports for name, alias in _specifiers(spec))
     ns_parts = [f"{exported}: __core.{name}" for spec in reexports for name, exported in _specifiers(spec)]
     ns_parts += [f"{exported}: {local}" for spec in local_exports for local, exported in _specifiers(spec)]
+    if not RUNNER_JS.is_file():
+        raise DependencyError(
+            f"{RUNNER_JS} is missing: the gen3deval installation is incomplete; reinstall it"
+        )
     runner = RUNNER_JS.read_text(encoding="utf-8")
     return (
         "'use strict';\n"
@@ -352,22 +387,24 @@ def runtime(*, snapshot: bool = True) -> Runtime:
     and the runner, so an upgrade of any of them rebuilds. ``snapshot=False`` gives the plain bundle
     (slower start, same behaviour)."""
     with _runtime_lock:
-        return _runtime(snapshot)
+        # Keyed by where node and three come from, so that a changed environment is looked at again.
+        node = node_binary()
+        return _runtime(snapshot, node, str(scaffold_dir()))
 
 
-@lru_cache(maxsize=2)
-def _runtime(snapshot: bool) -> Runtime:
-    node = node_binary()
+@lru_cache(maxsize=8)
+def _runtime(snapshot: bool, node: str, scaffold: str) -> Runtime:
+    # ``scaffold`` is part of the cache key only (three_build_dir() reads the same environment).
     try:
         version = subprocess.run(
             [node, "--version"], capture_output=True, text=True, timeout=30, check=True
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError) as exc:
-        raise DependencyError(f"cannot run {node} --version: {exc}") from None
+        raise DependencyError(f"cannot run {node} --version ({exc}): {NODE_HINT}") from None
     if parse_node_version(version) < MIN_NODE:
         raise DependencyError(
             f"Node.js >= {MIN_NODE[0]}.{MIN_NODE[1]} is required (permission model, snapshots); "
-            f"found {version!r} at {node}"
+            f"found {version!r} at {node}: {NODE_HINT}"
         )
     if sandbox.can_switch_user() and not others_can_reach(Path(node), execute=True):
         raise DependencyError(
