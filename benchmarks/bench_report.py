@@ -7,12 +7,17 @@
     RGBA PNGs for each reference and render: wall time of the statistics (summarize) and of the full write.
     "first call" includes drawing the resamples for that n; "cached" reuses them (the report reuses one draw
     for every metric and system with the same number of cases).
+(c) With a run folder argument (``python benchmarks/bench_report.py runs/quickstart``): the report of that
+    real run rebuilt in a temp folder, its size, the embedded bytes per picture (thumbnail + enlargement)
+    and the size extrapolated to 304 cases x (1 reference + 4 systems) pictures.
 Prints markdown tables.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import sys
 import tempfile
 import time
@@ -21,9 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gen3deval.report import aggregate as agg
-from gen3deval.report import write_reports
-from gen3deval.report.aggregate import bootstrap_ci, summarize
+from gen3deval.report import bootstrap as agg
+from gen3deval.report import read_results, write_reports
+from gen3deval.report.bootstrap import bootstrap_ci
+from gen3deval.report.summary import summarize
 
 N_RESAMPLES = 10_000
 KEYS_LOW = ("chamfer_l1", "chamfer_l2", "chamfer_l2_sum", "hausdorff", "mse")
@@ -124,17 +130,49 @@ def bench_report() -> list[str]:
         report = write_reports(run_dir, rows, meta)
         t_all = time.perf_counter() - t0
         size = report.stat().st_size
-        n_img = report.read_text().count("<img ")
+        n_img = report.read_text().count('<a class="zoom"')
     n_est = 4 * 13 * 2 * (1 + 8) + 4 * 9  # (overall + 8 categories) x 2 aggregates + VSR
     return [
         "| run | estimates with 95% CI | summarize (s) | write_reports total (s) | report.html (MB) |",
         "|---|---|---|---|---|",
-        f"| 304 cases x 4 systems, 13 metrics, {n_img} thumbnails | {n_est} | {t_sum:.2f} | {t_all:.2f} "
+        f"| 304 cases x 4 systems, 13 metrics, {n_img} pictures | {n_est} | {t_sum:.2f} | {t_all:.2f} "
         f"| {size / 1e6:.2f} |",
     ]
 
 
+def bench_real(run_dir: Path) -> list[str]:
+    """report.html of a real run rebuilt elsewhere (artifact paths made absolute): size and bytes a picture."""
+    rows = read_results(run_dir / "results.jsonl")
+    meta = json.loads((run_dir / "summary.json").read_text())["meta"]
+    for r in rows:
+        arts = r.get("artifacts") or {}
+        for k in ("ref_image", "render"):
+            if arts.get(k):
+                arts[k] = str((run_dir / arts[k]).resolve())
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        page = write_reports(Path(tmp), rows, meta).read_text()
+        seconds = time.perf_counter() - t0
+    uris = re.findall(r'(?:src|data-full)="(data:image/[^"]+)"', page)
+    pictures = page.count('<a class="zoom"')
+    per = sum(len(u) for u in uris) / max(pictures, 1)
+    rest = len(page) - sum(len(u) for u in uris)
+    n_cases = len({r["case"] for r in rows})
+    est = 304 * 5 * per + rest * 304 / max(n_cases, 1)
+    return [
+        "| run | cases | pictures | report.html (MB) | embedded per picture (kB) | write_reports (s) "
+        "| estimate, 304 cases x 5 pictures (MB) |",
+        "|---|---|---|---|---|---|---|",
+        f"| {run_dir.name} | {n_cases} | {pictures} | {len(page) / 1e6:.2f} | {per / 1e3:.1f} | {seconds:.2f} "
+        f"| {est / 1e6:.1f} |",
+    ]
+
+
 def main() -> int:
+    if len(sys.argv) > 1:
+        print("## report.html of a real run\n")
+        print("\n".join(bench_real(Path(sys.argv[1]))))
+        return 0
     print("## Bootstrap interval, 10,000 resamples (lower time is better)\n")
     print("\n".join(bench_bootstrap()))
     print("\n## write_reports on a synthetic full run\n")

@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gen3deval.metrics.base import metric_info
 from gen3deval.report import aggregate as agg
+from gen3deval.report import bootstrap as boot
 from gen3deval.report.aggregate import (
     bootstrap_ci,
     error_histogram,
@@ -17,9 +19,9 @@ from gen3deval.report.aggregate import (
     paired_bootstrap,
     resample_statistics,
     select_attempts,
-    summarize,
     vsr,
 )
+from gen3deval.report.summary import summarize
 
 META: dict[str, Any] = {
     "systems": ["A", "B"],
@@ -29,6 +31,15 @@ META: dict[str, Any] = {
         "chamfer_l2": {"higher_is_better": False, "unit": "u^2", "display": "CD x10^3", "scale": 1000.0},
     },
 }
+
+
+def spec_stat(key: str, valid: list[float], n_failed: int) -> tuple[float, float]:
+    """An independent reference for one metric: (valid-only, all-cases) with the registry's statistic, the
+    failures scored the registry's worst value (or the worst valid value, if a valid case is even worse)."""
+    spec = metric_info(key)
+    fn = np.mean if spec.aggregate == "mean" else np.median
+    worst = min([spec.worst, *valid]) if spec.higher_is_better else max([spec.worst, *valid])
+    return float(fn(valid)), float(fn(valid + [worst] * n_failed))
 
 
 def row(case: str, system: str, iou: float | None, cd: float | None, *, ok: bool = True, **kw: Any) -> dict:
@@ -71,14 +82,16 @@ def test_valid_only_vs_all_by_hand() -> None:
     iou, cd = a["metrics"]["volume_iou"], a["metrics"]["chamfer_l2"]
     assert iou["valid"].value == pytest.approx((0.5 + 0.7 + 0.9) / 3) and iou["valid"].n == 3
     assert iou["all"].value == pytest.approx((0.5 + 0.7 + 0 + 0.9) / 4) and iou["all"].n == 4
-    assert iou["all"].statistic == "mean"
-    assert cd["valid"].value == pytest.approx(0.002) and cd["valid"].statistic == "mean"
-    # Chamfer under failures: +inf for c3, so the all-cases statistic is the median of (1, 2, 3, inf) e-3.
-    assert cd["all"].statistic == "median" and cd["all"].value == pytest.approx(0.0025)
+    assert iou["all"].statistic == iou["valid"].statistic == "mean"
+    # Chamfer: the registry's statistic (the median) for BOTH columns, failures scored its worst (+inf).
+    stat = metric_info("chamfer_l2").aggregate
+    assert cd["valid"].statistic == cd["all"].statistic == stat
+    valid_cd, all_cd = spec_stat("chamfer_l2", [0.001, 0.003, 0.002], 1)
+    assert cd["valid"].value == pytest.approx(valid_cd) and cd["all"].value == pytest.approx(all_cd)
+    assert cd["all"].value >= cd["valid"].value  # lower is better: all-cases never looks better
     b = sys_entry(s, "B")
-    # 3 of 4 failed: the median is +inf, and the interval is made of infinities, not NaN.
-    assert b["metrics"]["chamfer_l2"]["all"].value == math.inf
-    assert b["metrics"]["chamfer_l2"]["all"].hi == math.inf
+    _, b_cd = spec_stat("chamfer_l2", [0.010], 3)
+    assert b["metrics"]["chamfer_l2"]["all"].value == pytest.approx(b_cd)
     assert b["metrics"]["volume_iou"]["all"].value == pytest.approx(0.05)
     assert b["metrics"]["volume_iou"]["valid"].value == pytest.approx(0.2)
     assert (a["vsr"].value, b["vsr"].value) == (0.75, 0.25)
@@ -106,7 +119,9 @@ def test_per_category_by_hand() -> None:
     a1 = cats[("A", "c1")]
     assert a1["n"] == 3 and a1["n_executable"] == 2
     assert a1["metrics"]["volume_iou"]["all"].value == pytest.approx(0.4)
-    assert a1["metrics"]["chamfer_l2"]["all"].value == pytest.approx(0.003)  # median of 1e-3, 3e-3, inf
+    assert a1["metrics"]["chamfer_l2"]["all"].value == pytest.approx(
+        spec_stat("chamfer_l2", [1e-3, 3e-3], 1)[1]
+    )
     assert cats[("B", "c2")]["metrics"]["volume_iou"]["valid"].value is None
     assert cats[("B", "c2")]["metrics"]["volume_iou"]["valid"].n == 0
 
@@ -123,15 +138,25 @@ def test_metric_without_value_is_excluded_or_dropped() -> None:
     assert "best_iou" not in s["metrics"]
     infos = metric_infos(rows, META)
     assert list(infos) == ["volume_iou", "chamfer_l2"]
-    assert infos["chamfer_l2"]["scale"] == 1000.0 and infos["chamfer_l2"]["failure_value"] == math.inf
-    assert infos["volume_iou"]["failure_value"] == 0.0
+    assert infos["chamfer_l2"]["scale"] == 1000.0
+    assert infos["chamfer_l2"]["worst"] == metric_info("chamfer_l2").worst
+    assert infos["chamfer_l2"]["statistic"] == metric_info("chamfer_l2").aggregate
+    assert infos["volume_iou"]["worst"] == 0.0 and infos["volume_iou"]["registered"]
 
 
 def test_fallback_metric_info_and_strings() -> None:
     rows = [row("x", "A", 0.5, 0.1, psnr="inf", hausdorff=float("nan"), **{"fscore@0.1": 0.3})]
-    infos = metric_infos(rows, {})
+    rows[0]["my_metric"] = 2.0
+    meta = {"metrics": {"my_metric": {"higher_is_better": False, "display": "Mine x10^2"}}}
+    infos = metric_infos(rows, meta)
     assert infos["psnr"]["higher_is_better"] and infos["chamfer_l2"]["scale"] == 1000.0
     assert "hausdorff" not in infos  # NaN is no value
+    # fscore@T found only in the rows: described by the registry (which parses any T).
+    assert infos["fscore@0.1"]["display"] == "F@10" and infos["fscore@0.1"]["higher_is_better"]
+    # A key the registry does not know: meta's direction, the median, failures +inf (never better).
+    mine = infos["my_metric"]
+    assert not mine["registered"] and not mine["higher_is_better"] and mine["scale"] == 100.0
+    assert mine["statistic"] == "median" and mine["worst"] == math.inf
     assert agg.to_float("inf") == math.inf and agg.to_float("-inf") == -math.inf
     assert agg.to_float(True) is None and agg.to_float("x") is None and agg.to_float(2) == 2.0
     assert agg.display_scale("CD x10^3") == 1000 and agg.display_scale("F@1") == 1
@@ -153,6 +178,41 @@ def test_attempt_selection() -> None:
     assert s["systems"][0]["metrics"]["volume_iou"]["valid"].value == pytest.approx(0.5)
     with pytest.raises(ValueError, match="unknown attempt mode"):
         select_attempts(rows, "best")
+    with pytest.raises(ValueError, match="unknown attempt mode"):
+        select_attempts(rows, "final@0")
+    # final@2: the last attempt <= 2; best@<=3 by IoU: attempt 3 (0.5); best@<=2: attempt 2 (0.3).
+    assert sorted((r["case"], r["attempt"]) for r in select_attempts(rows, "final@2")) == [
+        ("c1", 2),
+        ("c2", 1),
+    ]
+    best3 = select_attempts(rows, "best@<=3", key="volume_iou", higher_is_better=True)
+    assert sorted((r["case"], r["attempt"]) for r in best3) == [("c1", 3), ("c2", 1)]
+    best2 = select_attempts(rows, "best@<=2", key="volume_iou", higher_is_better=True)
+    assert sorted((r["case"], r["attempt"]) for r in best2) == [("c1", 2), ("c2", 1)]
+    # Lower is better: the smallest value wins; an executable attempt always beats a failed one.
+    more = [*rows, row("c2", "A", 0.05, 0.5, attempt=2), row("c2", "A", 0.9, 0.2, attempt=3)]
+    low = select_attempts(more, "best@<=3", key="chamfer_l2", higher_is_better=False)
+    assert {r["case"]: r["attempt"] for r in low}["c2"] == 3
+
+
+def test_attempt_modes_compare_single_and_final() -> None:
+    rows = [
+        row("c1", "A", 0.2, 0.1, attempt=1),
+        row("c1", "A", 0.6, 0.1, attempt=2),
+        row("c2", "A", None, None, ok=False, attempt=1),
+        row("c2", "A", 0.4, 0.1, attempt=2),
+        row("c1", "B", 0.5, 0.1),
+        row("c2", "B", 0.5, 0.1),
+    ]
+    s = summarize(rows, META, n_resamples=100)
+    assert s["max_attempt"] == 2
+    modes = {m["mode"]: m["systems"] for m in s["attempt_modes"]}
+    assert list(modes) == ["single", "final", "best@<=2"]
+    assert modes["single"]["A"]["vsr"].value == 0.5 and modes["final"]["A"]["vsr"].value == 1.0
+    assert modes["single"]["A"]["headline"]["all"].value == pytest.approx(0.1)  # (0.2 + 0) / 2
+    assert modes["final"]["A"]["headline"]["all"].value == pytest.approx(0.5)  # (0.6 + 0.4) / 2
+    assert modes["final"]["B"]["headline"]["all"].value == pytest.approx(0.5)  # one attempt: final = single
+    assert summarize(rows[4:], META, n_resamples=100)["attempt_modes"] is None
 
 
 def test_vsr_and_histogram() -> None:
@@ -240,8 +300,8 @@ def test_bootstrap_default_is_10000_resamples_seed_0() -> None:
 def test_chunked_path_equals_cached_path(monkeypatch: pytest.MonkeyPatch) -> None:
     values = np.random.default_rng(3).normal(size=57)
     cached = {s: resample_statistics(values, statistic=s, n_resamples=2000) for s in ("mean", "median")}
-    monkeypatch.setattr(agg, "_CACHE_MAX_ENTRIES", 10)
-    monkeypatch.setattr(agg, "_CHUNK_ENTRIES", 57 * 3 + 5)  # 3 resamples a chunk
+    monkeypatch.setattr(boot, "_CACHE_MAX_ENTRIES", 10)
+    monkeypatch.setattr(boot, "_CHUNK_ENTRIES", 57 * 3 + 5)  # 3 resamples a chunk
     for s, want in cached.items():
         np.testing.assert_allclose(
             resample_statistics(values, statistic=s, n_resamples=2000), want, rtol=1e-12, atol=1e-14
@@ -310,3 +370,71 @@ def test_paired_bootstrap() -> None:
     assert (inf.diff, inf.lo, inf.hi) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="equal length"):
         paired_bootstrap([1.0], [1.0, 2.0])
+
+
+# --- issue 8: one statistic per metric, failures scored worst, undefined counted apart ----------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_all_cases_never_better_than_valid_only(seed: int) -> None:
+    """Random runs with failures, skewed distances and negative SSIM: for every metric the all-cases value
+    is never better than the valid-only one, and both use the metric's own statistic (the registry's)."""
+    rng = np.random.default_rng(seed)
+    keys = ("volume_iou", "chamfer_l2", "hausdorff", "ssim", "psnr", "fscore@0.02", "normal_consistency")
+    rows = []
+    for i in range(int(rng.integers(5, 40))):
+        for system in ("A", "B"):
+            ok = bool(rng.random() > rng.uniform(0.05, 0.6))
+            r = row(f"c{i}", system, None, None, ok=ok)
+            if ok:
+                r.update(
+                    volume_iou=float(rng.random()),
+                    chamfer_l2=float(rng.lognormal(-6, 2)),  # heavy tail: mean >> median
+                    hausdorff=float(rng.lognormal(-2, 1)),
+                    ssim=float(rng.uniform(-0.6, 0.3)),  # negative SSIM: worse than a 0 failure score
+                    psnr=float(rng.uniform(5, 40)),
+                    normal_consistency=float(rng.random()),
+                    **{"fscore@0.02": float(rng.random())},
+                )
+            rows.append(r)
+    s = summarize(rows, {"systems": ["A", "B"]}, n_resamples=200)
+    for sys_ in s["systems"]:
+        for key in keys:
+            if key not in s["metrics"]:
+                continue
+            m, info = sys_["metrics"][key], s["metrics"][key]
+            assert m["valid"].statistic == m["all"].statistic == metric_info(key).aggregate
+            if m["valid"].value is None:
+                continue
+            if info["higher_is_better"]:
+                assert m["all"].value <= m["valid"].value + 1e-12, (key, m)
+            else:
+                assert m["all"].value >= m["valid"].value - 1e-12, (key, m)
+
+
+def test_undefined_is_counted_apart_from_failures() -> None:
+    rows = [
+        row("c1", "A", 0.8, 0.001),
+        row("c2", "A", None, 0.002, volume_iou_method="undefined", volume_iou_reason="no volume"),
+        row("c3", "A", None, 0.003, volume_iou_method="undefined"),
+        row("c4", "A", None, None, ok=False),
+        row("c5", "A", None, 0.001, volume_iou_method="grid"),  # None for another reason: not "undefined"
+    ]
+    s = summarize(rows, META, n_resamples=100)
+    iou = s["systems"][0]["metrics"]["volume_iou"]
+    assert iou["undefined"] == 2
+    assert iou["valid"].n == 1 and iou["valid"].value == pytest.approx(0.8)
+    assert iou["all"].n == 2 and iou["all"].value == pytest.approx(0.4)  # 0.8 and the failure's 0
+    assert s["systems"][0]["metrics"]["chamfer_l2"]["undefined"] == 0
+    # A metric undefined on every valid case is still reported, with n = 0 and its count.
+    only = [row("c1", "A", None, 0.1, volume_iou_method="undefined"), row("c2", "A", None, None, ok=False)]
+    s2 = summarize(only, META, n_resamples=100)
+    assert "volume_iou" in s2["metrics"]
+    m = s2["systems"][0]["metrics"]["volume_iou"]
+    assert m["undefined"] == 1 and m["valid"].n == 0 and m["valid"].value is None
+
+
+def test_headline_is_the_first_metric() -> None:
+    s = summarize(hand_rows(), META, n_resamples=100, headline="chamfer_l2")
+    assert next(iter(s["metrics"])) == "chamfer_l2" == s["headline"]
+    assert next(iter(s["systems"][0]["metrics"])) == "chamfer_l2"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import io
 import json
 import math
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gen3deval.report import read_results, sort_rows, write_reports
+from gen3deval.metrics.base import metric_info
+from gen3deval.report import html, read_results, sort_rows, write_reports
 
 HOSTILE_CASE = "<script>alert('x')</script>"
 HOSTILE_SYSTEM = 'sys"><img src=x onerror=alert(1)>'
@@ -101,7 +103,7 @@ def make_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                     hausdorff=0.0 if system == "oracle" else 0.1 * (k + 1),
                     volume_iou=good,
                     ssim=good,
-                    psnr=math.inf if system == "oracle" else 20.0 + k,
+                    psnr=100.0 if system == "oracle" else 20.0 + k,  # identical images: capped at 100 dB
                 )
                 r["fscore@0.01"] = good
             rows.append(r)
@@ -156,10 +158,10 @@ def test_results_jsonl_sorted_and_strict(run: Any) -> None:
     keys = [(r["case"], r["system"], r["attempt"]) for r in parsed]
     assert keys == sorted(keys)
     oracle = next(r for r in parsed if r["system"] == "oracle" and r["case"] == "axe")
-    assert oracle["psnr"] == "inf"  # +inf as a string, documented
+    assert oracle["psnr"] == 100.0
     back = read_results(run_dir / "results.jsonl")
     oracle_back = next(r for r in back if r["system"] == "oracle" and r["case"] == "axe")
-    assert oracle_back["psnr"] == math.inf and oracle_back["volume_iou"] == 1.0
+    assert oracle_back["psnr"] == 100.0 and oracle_back["volume_iou"] == 1.0
     assert {r["case"] for r in back} == {"chair", "table", "axe", HOSTILE_CASE}
 
 
@@ -177,11 +179,19 @@ def test_summary_json(run: Any) -> None:
     valid = [0.5, 0.7, 0.8]
     assert by["bbox"]["metrics"]["volume_iou"]["valid"]["value"] == pytest.approx(np.mean(valid))
     assert by["bbox"]["metrics"]["volume_iou"]["all"]["value"] == pytest.approx(sum(valid) / 4)
-    # chamfer of bbox: 2, 6, 8 e-3 and +inf -> median 7e-3.
-    assert by["bbox"]["metrics"]["chamfer_l2"]["all"]["value"] == pytest.approx(0.007)
-    # HOSTILE_SYSTEM failed 2 of 4: chamfer (4e-3, 6e-3, inf, inf) -> median = midpoint of 6e-3 and inf = inf
-    assert by[HOSTILE_SYSTEM]["metrics"]["chamfer_l2"]["all"]["value"] == "inf"
-    assert by["oracle"]["metrics"]["psnr"]["valid"]["value"] == "inf"
+    # chamfer of bbox: 2, 6, 8 e-3 and a failure scored worst, with the registry's statistic for both.
+    spec = metric_info("chamfer_l2")
+    fn = np.median if spec.aggregate == "median" else np.mean
+    worst = max(spec.worst, 0.008)
+    cd = by["bbox"]["metrics"]["chamfer_l2"]
+    assert cd["valid"]["value"] == pytest.approx(fn([0.002, 0.006, 0.008]))
+    assert cd["all"]["value"] == pytest.approx(fn([0.002, 0.006, 0.008, worst]))
+    assert cd["valid"]["statistic"] == cd["all"]["statistic"] == spec.aggregate
+    # HOSTILE_SYSTEM failed 2 of 4: chamfer (4e-3, 6e-3, worst, worst); +inf is written as null (n > 0).
+    hostile_cd = by[HOSTILE_SYSTEM]["metrics"]["chamfer_l2"]["all"]
+    expected = float(fn([0.004, 0.006, max(spec.worst, 0.006), max(spec.worst, 0.006)]))
+    assert hostile_cd["value"] == (None if math.isinf(expected) else pytest.approx(expected))
+    assert by["oracle"]["metrics"]["psnr"]["valid"]["value"] == 100.0
     assert by["bbox"]["errors"] == {"runtime": 1} and by[HOSTILE_SYSTEM]["errors"] == {"timeout": 2}
     assert by["bbox"]["vs_best"]["system"] == "oracle" and by["bbox"]["vs_best"]["diff"] < 0
 
@@ -197,10 +207,12 @@ def test_csv_tables(run: Any) -> None:
     bbox = next(r for r in lb if r["system"] == "bbox")
     assert float(bbox["volume_iou:valid"]) == pytest.approx(np.mean([0.5, 0.7, 0.8]))
     assert bbox["volume_iou:n_valid"] == "3" and bbox["volume_iou:all_n"] == "4"
-    assert bbox["chamfer_l2:all_stat"] == "median" and bbox["volume_iou:all_stat"] == "mean"
+    assert bbox["chamfer_l2:statistic"] == metric_info("chamfer_l2").aggregate
+    assert bbox["volume_iou:statistic"] == "mean" and bbox["volume_iou:worst"] == "0.0"
+    assert bbox["volume_iou:n_undefined"] == "0"
     assert float(bbox["vsr"]) == 0.75 and bbox["n_executable"] == "3"
     hostile = next(r for r in lb if r["system"] == HOSTILE_SYSTEM)
-    assert hostile["chamfer_l2:all"] == "inf"
+    assert hostile["chamfer_l2:all_n"] == "4" and hostile["n_executable"] == "2"
     assert (
         float(bbox["volume_iou:valid_lo"])
         <= float(bbox["volume_iou:valid"])
@@ -219,10 +231,14 @@ def test_csv_tables(run: Any) -> None:
 def test_markdown_tables(run: Any) -> None:
     run_dir, _, _, _ = run
     md = (run_dir / "leaderboard.md").read_text()
-    assert "CD x10^3 ↓" in md and "F@1 ↑" in md and "IoU ↑ all (mean)" in md and "all (median)" in md
+    stat = metric_info("chamfer_l2").aggregate
+    assert "IoU ↑ mean (valid)" in md and "IoU ↑ mean (all, failures = 0)" in md
+    assert f"CD x10^3 ↓ {stat} (valid)" in md and f"CD x10^3 ↓ {stat} (all, failures = " in md
+    assert "F@1 ↑ mean (valid)" in md
     assert "`default` v1" in md and "0123abcd" in md
     bbox_line = next(ln for ln in md.splitlines() if "| bbox |" in ln)
-    assert "5.333" in bbox_line  # CD x10^3 valid-only mean of 2, 6, 8
+    cd = np.median([2, 6, 8]) if stat == "median" else np.mean([2, 6, 8])
+    assert f"{cd:.3f}" in bbox_line  # CD x10^3 valid-only statistic of 2, 6, 8
     assert "(3/4)" in bbox_line
     # A '|' inside a cell is escaped, so every row has the same number of cells.
     rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
@@ -237,11 +253,17 @@ def test_report_html_parses_and_is_complete(run: Any) -> None:
     parser.close()
     text = "".join(parser.text)
     tags = [t for t, _ in parser.tags]
-    # Hostile data stays data: no script element, no injected image, and the texts are shown as written.
-    assert "script" not in tags
+    # Hostile data stays data: one script element (the page's own, allowed by hash in the CSP), no injected
+    # image, and the texts are shown as written.
+    assert tags.count("script") == 1 and page.count("<script") == 1
+    own = (Path(html.__file__).parent / "templates" / "report.js").read_text(encoding="utf-8")
+    assert f"<script>{own}</script>" in page
+    digest = base64.b64encode(hashlib.sha256(own.encode()).digest()).decode()
+    csp = next(a["content"] for t, a in parser.tags if t == "meta" and a.get("http-equiv"))
+    assert f"script-src 'sha256-{digest}'" in (csp or "") and "default-src 'none'" in (csp or "")
     assert all(attrs.get("src") != "x" and "onerror" not in attrs for _, attrs in parser.tags)
     assert HOSTILE_CASE in text and HOSTILE_SYSTEM in text
-    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "&lt;script&gt;" in page
     for system in SYSTEMS:
         assert system in text
     for case in ("chair", "table", "axe", HOSTILE_CASE):
@@ -257,27 +279,34 @@ def test_report_html_parses_and_is_complete(run: Any) -> None:
     ):
         assert needle in text, needle
     assert "Suite problems (1)" in text and "missing 'id'" in text
-    assert "CD x10^3 ↓" in text and "F@1 ↑" in text and "valid-only" in text and "all (median)" in text
+    stat = metric_info("chamfer_l2").aggregate
+    assert f"CD x10^3 ↓ {stat}" in text and "F@1 ↑ mean" in text and "all, failures = 0" in text
     assert "timeout" in text and "runtime" in text
+
+
+def _decode(uri: str) -> Image.Image:
+    assert uri.startswith(("data:image/webp;base64,", "data:image/jpeg;base64,")), uri[:40]
+    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
 
 
 def test_report_html_images(run: Any) -> None:
     run_dir, report, _, _ = run
     parser = _Collector()
     parser.feed(report.read_text())
-    imgs = [a for t, a in parser.tags if t == "img"]
+    imgs = [a for t, a in parser.tags if t == "img" and a.get("src")]
     # 4 reference images + one render per executable (case, system): 12 - 3 failures.
     assert len(imgs) == 4 + 9
     for a in imgs:
-        src = a["src"] or ""
-        assert src.startswith("data:image/jpeg;base64,")
-        im = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
-        assert im.format == "JPEG" and max(im.size) == 160
-        assert im.getpixel((2, 2)) == pytest.approx((255, 255, 255), abs=3)  # alpha over white
-    links = [a["href"] for t, a in parser.tags if t == "a" and a.get("href")]
-    assert len(links) == 13
-    for href in links:
-        assert (run_dir / (href or "")).is_file()  # click to enlarge: the full-size file, relative path
+        im = _decode(a["src"] or "")
+        assert max(im.size) == 160
+        assert im.convert("RGB").getpixel((2, 2)) == pytest.approx((255, 255, 255), abs=3)  # alpha over white
+    zooms = [a for t, a in parser.tags if t == "a" and "zoom" in (a.get("class") or "")]
+    assert len(zooms) == 13
+    for a in zooms:
+        assert (run_dir / (a["href"] or "")).is_file()  # the full-size file, relative to the run folder
+        big = _decode(a["data-full"] or "")  # click to enlarge: embedded at full size (512 px here)
+        assert big.size == (512, 512)
+        assert big.convert("RGB").getpixel((2, 2)) == pytest.approx((255, 255, 255), abs=3)
     assert report.stat().st_size < 200_000
 
 

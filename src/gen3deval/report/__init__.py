@@ -3,14 +3,17 @@
 ``write_reports(run_dir, rows, meta)`` writes into ``run_dir``:
 
 - ``results.jsonl``: the rows, sorted by (case, system, attempt), one JSON object a line;
-- ``summary.json``: ``meta``, the aggregates (valid-only and all-cases, 95% bootstrap intervals), VSR, error
-  classes, paired differences to the best system, failures and warnings;
+- ``summary.json``: ``meta``, the aggregates (valid-only and all-cases with the metric's own statistic, 95%
+  bootstrap intervals, undefined counts), VSR, error classes, paired differences to the best system,
+  failures, warnings and, for runs with several attempts, single vs final;
 - ``leaderboard.csv``, ``per_category.csv``, ``errors.csv`` and their ``.md`` versions;
 - ``report.html``: the page (returned).
 
-Non-finite numbers in the JSON files: NaN -> ``null``, +inf -> ``"inf"``, -inf -> ``"-inf"`` (strict JSON has no
-infinity); :func:`read_results` reads them back. In CSV: ``inf``/``-inf`` and an empty cell for no value.
-Aggregation rules are in :mod:`gen3deval.report.aggregate`. Row and meta formats: the engine/report contract
+Non-finite numbers in the JSON files are ``null`` (strict JSON has no infinity, and numbers stay numbers):
+a null statistic with ``n > 0`` is infinitely bad (see :mod:`gen3deval.report.jsonio`). In CSV: ``inf`` and
+an empty cell for no value; text cells that a spreadsheet would run as a formula are escaped.
+Aggregation rules are in :mod:`gen3deval.report.aggregate`; the terminal leaderboard of ``gen3deval run`` is
+:func:`gen3deval.report.terminal.leaderboard_lines`. Row and meta formats: the engine/report contract
 (a row per case x system x attempt with ``case``, ``category``, ``system``, ``attempt``, ``executable``,
 ``error_class``, ``error``, metric keys, ``artifacts``, ``protocol``; meta with ``run_id``, ``created``, ``suite``,
 ``systems``, ``protocol``, ``n_cases``, ``metrics``).
@@ -23,17 +26,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gen3deval.report.aggregate import (
-    N_RESAMPLES,
-    SEED,
-    Estimate,
-    PairedDiff,
-    bootstrap_ci,
-    paired_bootstrap,
-    select_attempts,
-    summarize,
-)
+from gen3deval.report.aggregate import select_attempts
+from gen3deval.report.bootstrap import N_RESAMPLES, SEED, Estimate, PairedDiff, bootstrap_ci, paired_bootstrap
 from gen3deval.report.jsonio import dumps, read_results, write_jsonl, write_text_atomic
+from gen3deval.report.summary import summarize
 
 __all__ = [
     "Estimate",
@@ -92,7 +88,8 @@ def write_reports(
         run_dir: the run folder (created if needed); artifact paths in rows are relative to it.
         rows: results rows (the engine/report contract), any order.
         meta: run metadata; ``meta["metrics"]`` gives display names and directions.
-        attempts: ``single`` (attempt 1) or ``final`` (the last attempt per case and system).
+        attempts: which attempt of each case the leaderboard uses: ``single`` (attempt 1), ``final`` (the
+            last), ``final@k`` (the last <= k) or ``best@<=k`` (the best <= k by the headline; a diagnostic).
         n_resamples, seed: bootstrap settings (defaults: 10,000 and 0, PROTOCOLS.md section 10).
         headline: metric to rank by (default: ``meta["headline"]`` or the first of best_iou, volume_iou, F@2 ...).
     """
@@ -107,11 +104,13 @@ def write_reports(
         ordered, meta, attempts=attempts, n_resamples=n_resamples, seed=seed, headline=headline
     )
     doc = {
-        "format": "gen3deval-summary/1",
-        "non_finite": "NaN is null, +inf is the string 'inf', -inf is '-inf'",
+        "format": "gen3deval-summary/2",
+        "non_finite": "written as null; a statistic of null with n > 0 (or a worst of null) is infinitely bad",
         "meta": meta,
         **summary,
     }
     write_text_atomic(out / "summary.json", dumps(doc, indent=2) + "\n")
     write_tables(out, summary, meta)
-    return write_html(out, select_attempts(ordered, attempts), summary, meta)
+    head = summary.get("headline")
+    hib = bool(summary["metrics"][head]["higher_is_better"]) if head else True
+    return write_html(out, select_attempts(ordered, attempts, key=head, higher_is_better=hib), summary, meta)

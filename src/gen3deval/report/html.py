@@ -1,38 +1,42 @@
-"""The self-contained ``report.html`` (inline CSS, no scripts, no network).
+"""The self-contained ``report.html``: inline CSS, one small inline script, no network.
 
-Sections: run header with the protocol fingerprint (collapsible), leaderboard (valid-only and all-cases
-aggregates with 95% intervals, n_valid/n, direction arrows, paired difference to the best system on the
-headline metric), per-category tables, VSR and error classes, the failures list, and a gallery with, for each
-case, the reference image beside each system's render.
+Sections: run header with the protocol fingerprint (collapsible); leaderboard sized for a laptop screen (the
+ranking metric first: valid-only and all-cases with the metric's statistic, 95% intervals, n_valid/n,
+undefined counts, VSR, paired difference to the best system; every other metric folded in a ``<details>``);
+single vs final when the run has several attempts; per-category tables; VSR and error classes; the
+failures list; and the per-case table (reference image beside each system's render and ranking-metric
+value), which the inline script (``templates/report.js``) sorts by any column and filters by text and by
+failure. Without the script everything is still shown, unsorted.
 
-Images: each picture is embedded as a JPEG thumbnail (longest side ``thumb_size`` = 160 px, composited over
-white) in a ``data:`` URI, so the file is viewable on its own and stays small (~5 kB a picture); clicking a
-thumbnail opens the full-size file by its path relative to the run folder (works while ``report.html`` stays
-in the run folder). A failed case shows its error class (message on hover) instead of an image.
-Everything that comes from data (ids, names, messages, paths, metadata) is HTML-escaped.
+Images are embedded (:mod:`gen3deval.report.images`): a thumbnail in the table and, for "click to enlarge",
+the picture up to 512 px in the link's ``data-full`` attribute, shown by the page's viewer; so the page works
+when copied alone. The link's ``href`` still names the full-size file (relative to the run folder).
+A failed case shows its error class (message on hover) instead of an image. Everything that comes from data
+(ids, names, messages, paths, metadata) is HTML-escaped, and a Content-Security-Policy allows only the
+page's own script (by hash) and ``data:`` images.
 """
 
 from __future__ import annotations
 
 import base64
-import io
+import hashlib
 import json
-import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from html import escape
 from pathlib import Path
 from string import Template
 from typing import Any
 from urllib.parse import quote
 
-from gen3deval.report.aggregate import Estimate, to_float
+from gen3deval.report.aggregate import column_label, direction_arrow, to_float, worst_label
+from gen3deval.report.bootstrap import Estimate
+from gen3deval.report.images import FULL_SIZE, THUMB_SIZE, embed_images, thumbnail_data_uri
 from gen3deval.report.jsonio import jsonable, write_text_atomic
 from gen3deval.report.tables import fmt, suite_label
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html"
-THUMB_SIZE = 160
+SCRIPT = Path(__file__).resolve().parent / "templates" / "report.js"
 MAX_FAILURES = 2000
 MAX_GALLERY_CASES = 1000
 _INF = "∞"
@@ -41,29 +45,6 @@ _INF = "∞"
 def e(value: Any) -> str:
     """HTML-escape any value (quotes included, so it is safe in attributes too)."""
     return escape(str(value), quote=True)
-
-
-def thumbnail_data_uri(path: Path, size: int = THUMB_SIZE, quality: int = 80) -> str | None:
-    """A ``data:image/jpeg;base64`` thumbnail (longest side ``size``, alpha over white), or None if unreadable."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (size * 2, size * 2))  # JPEG: decode at reduced scale, much faster for photos
-            im.load()
-            has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-            small = im.convert("RGBA" if has_alpha else "RGB")
-        # Downscale first (Pillow resamples RGBA with premultiplied alpha), then composite the few pixels left.
-        small.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=1.0)
-        if has_alpha:
-            white = Image.new("RGBA", small.size, (255, 255, 255, 255))
-            small = Image.alpha_composite(white, small)
-        rgb = small.convert("RGB")
-        buf = io.BytesIO()
-        rgb.save(buf, "JPEG", quality=quality, optimize=True)
-    except (OSError, ValueError, SyntaxError):
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _href(rel: str, run_dir: Path) -> str:
@@ -81,37 +62,36 @@ def _resolve(rel: str | None, run_dir: Path) -> Path | None:
     return p if p.is_absolute() else run_dir / p
 
 
-def make_thumbnails(
-    paths: Sequence[Path], size: int = THUMB_SIZE, workers: int | None = None
-) -> dict[Path, str | None]:
-    """Thumbnails of existing files, made in a thread pool (Pillow releases the GIL while decoding/encoding)."""
-    todo = sorted({p for p in paths if p.is_file()})
-    n = workers or min(4, os.cpu_count() or 1)
-    if n <= 1 or len(todo) < 8:
-        return {p: thumbnail_data_uri(p, size) for p in todo}
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        return dict(zip(todo, pool.map(lambda p: thumbnail_data_uri(p, size), todo), strict=True))
-
-
-def _picture(rel: str | None, run_dir: Path, alt: str, thumbs: Mapping[Path, str | None]) -> str:
+def _picture(rel: str | None, run_dir: Path, alt: str, pics: Mapping[Path, tuple[str, str] | None]) -> str:
     path = _resolve(rel, run_dir)
     if path is None or rel is None:
         return '<span class="ph">no image</span>'
-    if path not in thumbs:
+    if path not in pics:
         return f'<span class="ph" title="{e(rel)}">image file missing</span>'
-    uri = thumbs[path]
-    if uri is None:
+    pair = pics[path]
+    if pair is None:
         return f'<span class="ph" title="{e(rel)}">unreadable image</span>'
-    return f'<a href="{e(_href(rel, run_dir))}" target="_blank"><img src="{uri}" alt="{e(alt)}" loading="lazy"></a>'
+    thumb, full = pair
+    return (
+        f'<a class="zoom" href="{e(_href(rel, run_dir))}" data-full="{full}" title="{e(alt)}" '
+        f'target="_blank"><img src="{thumb}" alt="{e(alt)}" loading="lazy"></a>'
+    )
 
 
 def _num(value: float | None, scale: float = 1.0) -> str:
     return e(fmt(value, scale, inf=_INF))
 
 
-def _est_cell(est: Estimate, scale: float, n_label: str | None = None, cls: str = "") -> str:
-    """A table cell: the value, its [lo, hi] interval and a count line (``n_label``, default ``n=N``)."""
+def _est_cell(
+    est: Estimate, scale: float, n_label: str | None = None, cls: str = "", undefined: int = 0
+) -> str:
+    """A table cell: the value, its [lo, hi] interval, a count line (``n_label``, default ``n=N``) and the
+    number of undefined cases when there are any."""
     count = f'<div class="n">{e(n_label if n_label is not None else f"n={est.n}")}</div>'
+    if undefined:
+        count += (
+            f'<div class="und" title="valid cases where the metric is undefined">{undefined} undefined</div>'
+        )
     if est.value is None:
         return f'<td class="{cls}">-{count}</td>'
     ci = f'<div class="ci">[{_num(est.lo, scale)}, {_num(est.hi, scale)}]</div>'
@@ -119,13 +99,32 @@ def _est_cell(est: Estimate, scale: float, n_label: str | None = None, cls: str 
 
 
 def _arrow(info: Mapping[str, Any]) -> str:
-    return "↑" if info["higher_is_better"] else "↓"
+    return direction_arrow(info)
 
 
 def _metric_th(key: str, info: Mapping[str, Any], colspan: int = 2) -> str:
     better = "higher" if info["higher_is_better"] else "lower"
-    title = f"{key}; {better} is better; unit: {info.get('unit') or '-'}"
-    return f'<th colspan="{colspan}" title="{e(title)}">{e(info["display"])} {_arrow(info)}</th>'
+    title = f"{key}; {better} is better; unit: {info.get('unit') or '-'}; statistic: {info['statistic']}"
+    return (
+        f'<th colspan="{colspan}" title="{e(title)}">{e(info["display"])} {_arrow(info)} '
+        f"{e(info['statistic'])}</th>"
+    )
+
+
+def _sub_th(info: Mapping[str, Any]) -> str:
+    """The two sub-headers of a metric: valid-only and all cases (with what a failure scores)."""
+    return (
+        f'<th title="{e(column_label(info, "valid"))}">valid</th>'
+        f'<th title="{e(column_label(info, "all"))}">all, failures = {e(worst_label(info))}</th>'
+    )
+
+
+def _metric_cells(m: Mapping[str, Any], scale: float, best: float | None) -> str:
+    valid, every = m["valid"], m["all"]
+    cls = "best" if every.value is not None and every.value == best else ""
+    return _est_cell(valid, scale, f"{valid.n}/{every.n}", undefined=m.get("undefined", 0)) + _est_cell(
+        every, scale, None, cls
+    )
 
 
 def _best_values(entries: Sequence[Mapping[str, Any]], key: str, hib: bool) -> float | None:
@@ -144,6 +143,8 @@ def _header(summary: Mapping[str, Any], meta: Mapping[str, Any], n_cases: int) -
     mode = {"single": "single (attempt 1 only)", "final": "final (last attempt per case)"}.get(
         summary["attempts"], summary["attempts"]
     )
+    if summary.get("max_attempt", 1) > 1:
+        mode += f"; up to {summary['max_attempt']} attempts in the run"
     items = [
         ("run", meta.get("run_id", "?")),
         ("created", meta.get("created", "?")),
@@ -167,11 +168,14 @@ def _header(summary: Mapping[str, Any], meta: Mapping[str, Any], n_cases: int) -
     fp = json.dumps(jsonable(proto), indent=2, sort_keys=True, ensure_ascii=False)
     out.append(f"<details><summary>Protocol fingerprint</summary><pre>{e(fp)}</pre></details>")
     out.append(
-        '<p class="note">Every number is computed under the protocol above (PROTOCOLS.md). '
-        "<b>valid-only</b>: mean over cases with a valid candidate (n_valid/n). <b>all</b>: every case counts, "
-        "failures scored worst: 0 where higher is better (&uarr;), +&infin; where lower is better (&darr;), so "
-        "those columns show the <b>median</b>. [lo, hi] is the 95% bootstrap interval. Display scaling follows "
-        "the metric name (CD x10^3 = chamfer_l2 &times; 1000; F@1 = F-score at 0.01 of the unit side).</p>"
+        '<p class="note">Every number is computed under the protocol above (PROTOCOLS.md). Each metric has '
+        "one statistic, named in its header (the <b>mean</b>, or the <b>median</b> for unbounded distances), "
+        "used for both of its columns: <b>valid</b> over the cases with a valid candidate (n_valid/n), "
+        "<b>all</b> over every case with failures scored the metric&#39;s worst value (shown in the header), "
+        "so <b>all</b> is never better than <b>valid</b>. <b>undefined</b>: valid cases where the metric has no "
+        "meaning (IoU when neither mesh encloses a volume), in neither column. [lo, hi] is the 95% bootstrap "
+        "interval. Display scaling follows the metric name (CD x10^3 = chamfer_l2 &times; 1000; F@1 = "
+        "F-score at 0.01 of the unit side).</p>"
     )
     return "\n".join(out)
 
@@ -198,36 +202,78 @@ def _suite_problems(meta: Mapping[str, Any]) -> str:
 
 
 def _leaderboard(summary: Mapping[str, Any]) -> str:
+    """The ranking table (VSR, difference to the best, the ranking metric) and, folded, every metric."""
     infos = summary["metrics"]
     head = summary.get("headline")
     systems = summary["systems"]
     out = ["<h2>Leaderboard</h2>"]
     if head:
+        hi = infos[head]
         out.append(
-            f'<p class="note">Ranked by <b>{e(infos[head]["display"])}</b> ({e(head)}), all cases. '
-            "&Delta; vs best: paired bootstrap over the cases both systems have, red when the interval excludes 0.</p>"
+            f'<p class="note">Ranked by <b>{e(hi["display"])}</b> ({e(head)}), the {e(hi["statistic"])} over '
+            f"all cases (failures = {e(worst_label(hi))}). &Delta; vs best: paired bootstrap over the cases both "
+            "systems have, red when the interval excludes 0.</p>"
         )
+    best = {k: _best_values(systems, k, info["higher_is_better"]) for k, info in infos.items()}
     out.append('<div class="scroll"><table class="leaderboard"><thead><tr>')
     out.append('<th rowspan="2">#</th><th rowspan="2" class="l">system</th><th rowspan="2">VSR</th>')
     if head:
         out.append(f'<th rowspan="2">&Delta; {e(infos[head]["display"])} vs best</th>')
-    out += [_metric_th(k, info) for k, info in infos.items()]
-    out.append("</tr><tr>")
-    for info in infos.values():
-        out.append(f"<th>valid-only</th><th>all ({e(info['all_statistic'])})</th>")
+        out.append(_metric_th(head, infos[head]) + "</tr><tr>" + _sub_th(infos[head]))
     out.append("</tr></thead><tbody>")
-    best = {k: _best_values(systems, k, info["higher_is_better"]) for k, info in infos.items()}
     for s in systems:
         out.append(f'<tr><td>{s["rank"]}</td><td class="l">{e(s["system"])}</td>')
         out.append(_est_cell(s["vsr"], 1.0, f"{s['n_executable']}/{s['n']}"))
         if head:
             out.append(_vs_best_cell(s, infos[head]["scale"]))
-        for key, info in infos.items():
-            scale = info["scale"]
-            valid, every = s["metrics"][key]["valid"], s["metrics"][key]["all"]
-            cls = "best" if every.value is not None and every.value == best[key] else ""
-            out.append(_est_cell(valid, scale, f"{valid.n}/{every.n}"))
-            out.append(_est_cell(every, scale, None, cls))
+            out.append(_metric_cells(s["metrics"][head], infos[head]["scale"], best[head]))
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    others = [k for k in infos if k != head]
+    if others:
+        out.append(
+            f"<details><summary>Every metric ({len(infos)}): valid and all-cases columns</summary>"
+            '<div class="scroll"><table class="leaderboard"><thead><tr>'
+            '<th rowspan="2">#</th><th rowspan="2" class="l">system</th>'
+        )
+        out += [_metric_th(k, infos[k]) for k in infos]
+        out.append("</tr><tr>" + "".join(_sub_th(infos[k]) for k in infos) + "</tr></thead><tbody>")
+        for s in systems:
+            out.append(f'<tr><td>{s["rank"]}</td><td class="l">{e(s["system"])}</td>')
+            out += [_metric_cells(s["metrics"][k], infos[k]["scale"], best[k]) for k in infos]
+            out.append("</tr>")
+        out.append("</tbody></table></div></details>")
+    return "\n".join(out)
+
+
+def _attempts(summary: Mapping[str, Any]) -> str:
+    """Single-shot vs final (and best@<=K) per system, when the run has more than one attempt."""
+    modes = summary.get("attempt_modes")
+    if not modes:
+        return ""
+    head = summary.get("headline")
+    info = summary["metrics"].get(head) if head else None
+    out = [
+        "<h2>Attempts: single-shot vs final</h2>",
+        '<p class="note">The leaderboard above uses the attempt mode in the header. best@&lt;=K picks each '
+        "case&#39;s best attempt by the ranking metric: an oracle diagnostic, not a score.</p>",
+        '<div class="scroll"><table><thead><tr><th rowspan="2" class="l">system</th>',
+    ]
+    out += [f'<th colspan="{2 if info else 1}">{e(m["label"])}</th>' for m in modes]
+    sub = "<th>VSR</th>" + (
+        f"<th>{e(info['display'])} {_arrow(info)} {e(info['statistic'])} (all)</th>" if info else ""
+    )
+    out.append("</tr><tr>" + sub * len(modes) + "</tr></thead><tbody>")
+    for s in summary["systems"]:
+        out.append(f'<tr><td class="l">{e(s["system"])}</td>')
+        for m in modes:
+            x = m["systems"].get(s["system"])
+            if x is None:
+                out.append("<td>-</td>" * (2 if info else 1))
+                continue
+            out.append(_est_cell(x["vsr"], 1.0, f"{x['n_executable']}/{x['n']}"))
+            if info and x["headline"]:
+                out.append(_est_cell(x["headline"]["all"], info["scale"]))
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "\n".join(out)
@@ -278,11 +324,12 @@ def _per_category(summary: Mapping[str, Any]) -> str:
         scale = info["scale"]
         is_open = " open" if key == summary.get("headline") else ""
         out.append(
-            f"<details{is_open}><summary>{e(info['display'])} {_arrow(info)} ({e(key)})</summary>"
+            f"<details{is_open}><summary>{e(info['display'])} {_arrow(info)} {e(info['statistic'])} "
+            f"({e(key)}; failures = {e(worst_label(info))})</summary>"
             '<div class="scroll"><table><thead><tr><th rowspan="2" class="l">category</th>'
         )
         out += [f'<th colspan="2">{e(s)}</th>' for s in systems]
-        out.append("</tr><tr>" + "<th>valid-only</th><th>all</th>" * len(systems) + "</tr></thead><tbody>")
+        out.append("</tr><tr>" + _sub_th(info) * len(systems) + "</tr></thead><tbody>")
         for cat in cats:
             out.append(f'<tr><td class="l">{e(cat)}</td>')
             for s in systems:
@@ -290,8 +337,7 @@ def _per_category(summary: Mapping[str, Any]) -> str:
                 if c is None:
                     out.append("<td>-</td><td>-</td>")
                     continue
-                valid, every = c["metrics"][key]["valid"], c["metrics"][key]["all"]
-                out.append(_est_cell(valid, scale, f"{valid.n}/{every.n}") + _est_cell(every, scale))
+                out.append(_metric_cells(c["metrics"][key], scale, None))
             out.append("</tr>")
         out.append("</tbody></table></div></details>")
     return "\n".join(out)
@@ -324,7 +370,9 @@ def _failures(summary: Mapping[str, Any], max_rows: int) -> str:
         return "\n".join(out)
     if len(fails) > max_rows:
         out.append(f'<p class="note">First {max_rows} of {len(fails)} shown; all are in results.jsonl.</p>')
-    out.append('<div class="scroll"><table><thead><tr><th class="l">case</th><th class="l">category</th>')
+    out.append(
+        '<div class="scroll"><table class="sortable"><thead><tr><th class="l">case</th><th class="l">category</th>'
+    )
     out.append(
         '<th class="l">system</th><th>attempt</th><th class="l">error class</th><th class="l">message</th>'
     )
@@ -340,9 +388,28 @@ def _failures(summary: Mapping[str, Any], max_rows: int) -> str:
     return "\n".join(out)
 
 
+def _case_filter(systems: Sequence[str], table_id: str) -> str:
+    """The filter form of the per-case table (hidden until the script runs: it does nothing without it)."""
+    opts = ['<option value="">all cases</option>', '<option value="fail">some system failed</option>']
+    opts += [f'<option value="f{i}">{e(s)} failed</option>' for i, s in enumerate(systems)]
+    opts.append('<option value="undef">the ranking metric is undefined somewhere</option>')
+    return (
+        f'<form class="filter" data-table="{table_id}" hidden><input type="search" '
+        'placeholder="filter by case or category" aria-label="filter by case or category">'
+        f'<select aria-label="show">{"".join(opts)}</select><output></output></form>'
+    )
+
+
 def _gallery(
-    rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], run_dir: Path, size: int, max_cases: int
+    rows: Sequence[Mapping[str, Any]],
+    summary: Mapping[str, Any],
+    run_dir: Path,
+    size: int,
+    max_cases: int,
+    full_size: int = FULL_SIZE,
 ) -> str:
+    """The per-case table: case, category, the reference image, and per system its render with the
+    ranking metric (sort key ``data-v``: the value, empty for failures and missing values)."""
     systems = [s["system"] for s in summary["systems"]]
     infos = summary["metrics"]
     head = summary.get("headline")
@@ -351,14 +418,17 @@ def _gallery(
         by_case[str(r["case"])][str(r["system"])] = r
     case_ids = sorted(by_case)
     out = [f"<h2>Cases ({len(case_ids)})</h2>"]
-    label = f"; caption: {infos[head]['display']}" if head else ""
+    label = f"; caption and sort key: {infos[head]['display']}" if head else ""
     out.append(
-        f'<p class="note">Reference image beside each system&#39;s render (click to enlarge{e(label)}).</p>'
+        '<p class="note">Reference image beside each system&#39;s render (click a picture to enlarge'
+        f"{e(label)}; click a column header to sort).</p>"
     )
     if len(case_ids) > max_cases:
         out.append(f'<p class="note">First {max_cases} of {len(case_ids)} cases shown.</p>')
+    out.append(_case_filter(systems, "cases"))
     out.append(
-        '<div class="scroll"><table class="gallery"><thead><tr><th class="l">case</th><th>reference</th>'
+        '<div class="scroll"><table class="gallery sortable" id="cases"><thead><tr><th class="l">case</th>'
+        '<th class="l">category</th><th data-nosort>reference</th>'
     )
     out += [f"<th>{e(s)}</th>" for s in systems]
     out.append("</tr></thead><tbody>")
@@ -369,35 +439,40 @@ def _gallery(
         for r in by_case[cid].values()
         for key in ("ref_image", "render")
     ]
-    thumbs = make_thumbnails([p for p in wanted if p is not None], size)
+    pics = embed_images([p for p in wanted if p is not None], size, full_size)
     for i, cid in enumerate(shown):
         per = by_case[cid]
         any_row = next(iter(per.values()))
         ref = next((_artifact(r, "ref_image") for r in per.values() if _artifact(r, "ref_image")), None)
-        category = any_row.get("category") or "default"
-        out.append(
-            f'<tr id="case-{i}"><td class="l"><b>{e(cid)}</b><div class="cap">{e(category)}</div></td>'
-            f"<td>{_picture(ref, run_dir, f'reference {cid}', thumbs)}</td>"
-        )
-        for s in systems:
+        category = str(any_row.get("category") or "default")
+        tags: list[str] = []
+        cells: list[str] = []
+        for j, s in enumerate(systems):
             row = per.get(s)
             if row is None:
-                out.append('<td><span class="ph">no result</span></td>')
+                cells.append('<td data-v=""><span class="ph">no result</span></td>')
             elif not row.get("executable"):
+                tags += ["fail", f"f{j}"]
                 cls = row.get("error_class") or "unknown"
-                out.append(
-                    f'<td><span class="ph err" title="{e(row.get("error") or "")}">{e(cls)}</span></td>'
+                cells.append(
+                    f'<td data-v=""><span class="ph err" title="{e(row.get("error") or "")}">{e(cls)}</span></td>'
                 )
             else:
-                pic = _picture(_artifact(row, "render"), run_dir, f"{s} {cid}", thumbs)
-                cap = ""
-                if head:
-                    v = to_float(row.get(head))
-                    cap = (
-                        f'<div class="cap">{e(infos[head]["display"])} {_num(v, infos[head]["scale"])}</div>'
-                    )
-                out.append(f"<td>{pic}{cap}</td>")
-        out.append("</tr>")
+                pic = _picture(_artifact(row, "render"), run_dir, f"{s} {cid}", pics)
+                v = to_float(row.get(head)) if head else None
+                if head and v is None and row.get(f"{head}_method") == "undefined":
+                    tags.append("undef")
+                cap = (
+                    f'<div class="cap">{e(infos[head]["display"])} {_num(v, infos[head]["scale"])}</div>'
+                    if head
+                    else ""
+                )
+                cells.append(f'<td data-v="{"" if v is None else repr(v)}">{pic}{cap}</td>')
+        out.append(
+            f'<tr id="case-{i}" data-text="{e(cid + " " + category)}" data-tags="{" ".join(sorted(set(tags)))}">'
+            f'<td class="l"><b>{e(cid)}</b></td><td class="l">{e(category)}</td>'
+            f"<td>{_picture(ref, run_dir, f'reference {cid}', pics)}</td>{''.join(cells)}</tr>"
+        )
     out.append("</tbody></table></div>")
     return "\n".join(out)
 
@@ -417,6 +492,7 @@ def render_html(
     run_dir: Path,
     *,
     thumb_size: int = THUMB_SIZE,
+    full_size: int = FULL_SIZE,
     max_failures: int = MAX_FAILURES,
     max_gallery_cases: int = MAX_GALLERY_CASES,
 ) -> str:
@@ -427,16 +503,19 @@ def render_html(
         [
             _header(summary, meta, n_cases),
             _leaderboard(summary),
+            _attempts(summary),
             _per_category(summary),
             _errors(summary),
             _failures(summary, max_failures),
-            _gallery(rows, summary, run_dir, thumb_size, max_gallery_cases),
-            f'<p class="note">Generated by gen3deval. Non-finite values: {e(_INF)} = +infinity; '
-            "in results.jsonl/summary.json written as the string &quot;inf&quot;, NaN as null.</p>",
+            _gallery(rows, summary, run_dir, thumb_size, max_gallery_cases, full_size),
+            f'<p class="note">Generated by gen3deval. {e(_INF)} = +infinity (an all-cases median where failures, '
+            "scored +&infin;, are the majority); in summary.json every non-finite number is null.</p>",
         ]
     )
+    script = SCRIPT.read_text(encoding="utf-8")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
     page = Template(TEMPLATE.read_text(encoding="utf-8"))
-    return page.substitute(title=e(title), body=body)
+    return page.substitute(title=e(title), body=body, script=script, script_hash=f"sha256-{digest}")
 
 
 def write_html(

@@ -1,9 +1,11 @@
 """JSON conventions of the report files (``results.jsonl``, ``summary.json``).
 
-Strict JSON has no NaN or infinity, so: NaN is written as ``null`` (no value), +inf as the string ``"inf"``
-and -inf as ``"-inf"`` (e.g. a median Chamfer over mostly failed cases, or PSNR of identical images).
-:func:`read_results` turns those strings back into floats. Files are written atomically (temp file + rename),
-so an interrupted run never leaves half a report.
+Strict JSON has no NaN or infinity, and a number must stay a number, so every non-finite float is written
+as ``null``: a metric value of null means "no value"; in ``summary.json`` a statistic of null with ``n > 0``
+(or a ``worst`` of null) means infinitely bad, e.g. the all-cases median Chamfer when most cases failed
+(failures score +inf). Metric values themselves are finite (PSNR is capped at 100 dB by the metric).
+:func:`read_results` still reads the ``"inf"``/``"-inf"`` strings older versions wrote. Files are written
+atomically (temp file + rename), so an interrupted run never leaves half a report.
 """
 
 from __future__ import annotations
@@ -20,20 +22,16 @@ from typing import Any
 import numpy as np
 
 # Row fields that hold text; "inf" there is text, never a number.
-_TEXT_FIELDS = ("case", "category", "system", "error_class", "error", "volume_iou_method")
+_TEXT_FIELDS = ("case", "category", "system", "error_class", "error")
 
 
 def jsonable(obj: Any) -> Any:
-    """``obj`` as plain JSON data: NaN -> None, +-inf -> "inf"/"-inf", numpy/dataclasses/paths converted."""
+    """``obj`` as plain JSON data: NaN and +-inf -> None, numpy/dataclasses/paths converted."""
     if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
         return obj
     if isinstance(obj, float | np.floating):
         f = float(obj)
-        if math.isnan(f):
-            return None
-        if math.isinf(f):
-            return "inf" if f > 0 else "-inf"
-        return f
+        return f if math.isfinite(f) else None
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.bool_):
@@ -75,7 +73,8 @@ def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Read a ``results.jsonl`` back: "inf"/"-inf" in numeric fields become floats again."""
+    """Read a ``results.jsonl`` back (one dict per row). The strings "inf"/"-inf" that older versions wrote
+    in numeric fields become floats again."""
     out = []
     with Path(path).open(encoding="utf-8") as f:
         for line in f:
@@ -83,7 +82,16 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
                 continue
             row = json.loads(line)
             for k, v in row.items():
-                if k not in _TEXT_FIELDS and v in ("inf", "-inf"):
+                if k not in _TEXT_FIELDS and not k.endswith(("_method", "_reason")) and v in ("inf", "-inf"):
                     row[k] = math.inf if v == "inf" else -math.inf
             out.append(row)
     return out
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """``run_dir/summary.json`` as a dict (estimates as dicts, non-finite numbers as None)."""
+    with (Path(run_dir) / "summary.json").open(encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{Path(run_dir) / 'summary.json'}: not a JSON object")
+    return data

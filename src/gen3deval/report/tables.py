@@ -1,10 +1,14 @@
 """CSV and markdown tables from a summary (:func:`gen3deval.report.aggregate.summarize`).
 
-CSV files carry raw values (no display scaling): floats at full precision, ``inf`` for +infinity, an empty
+CSV files carry raw values (no display scaling): numbers at full precision, ``inf`` for +infinity, an empty
 cell for no value. Metric columns are ``KEY:valid``, ``KEY:valid_lo``, ``KEY:valid_hi``, ``KEY:n_valid``,
-``KEY:all``, ``KEY:all_lo``, ``KEY:all_hi``, ``KEY:all_n``, ``KEY:all_stat`` (``mean``, or ``median`` where
-failures score +inf). Markdown files show display names and display scaling (``CD x10^3`` = chamfer_l2 x 1000),
-``value [lo, hi]`` with the 95% bootstrap interval, and n_valid/n.
+``KEY:all``, ``KEY:all_lo``, ``KEY:all_hi``, ``KEY:all_n`` (failures included), ``KEY:statistic`` (``mean`` or
+``median``, the same for both), ``KEY:worst`` (what a failure scores) and ``KEY:n_undefined`` (valid cases where
+the metric is undefined, e.g. IoU of two open surfaces). Text cells (system, category, error class) that start
+with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return get a leading ``'`` so a spreadsheet shows them as
+text instead of running them as a formula; numbers (``-0.5``) stay numbers.
+Markdown files show display names and display scaling (``CD x10^3`` = chamfer_l2 x 1000), ``value [lo, hi]``
+with the 95% bootstrap interval, n_valid/n, and name the statistic in every column header.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gen3deval.report.aggregate import Estimate
+from gen3deval.report.aggregate import column_label, worst_label
+from gen3deval.report.bootstrap import Estimate
 from gen3deval.report.jsonio import write_text_atomic
 
 
@@ -41,6 +46,21 @@ def fmt_estimate(est: Estimate, scale: float = 1.0, *, inf: str = "inf") -> str:
     return f"{fmt(est.value, scale, inf=inf)} [{fmt(est.lo, scale, inf=inf)}, {fmt(est.hi, scale, inf=inf)}]"
 
 
+class _Literal(str):
+    """A CSV cell that is a number written as text (``inf``): never formula-escaped."""
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` safe for a spreadsheet: text starting with a formula character gets a leading ``'``;
+    numbers (int/float, and :class:`_Literal`) are returned unchanged."""
+    if isinstance(value, str) and not isinstance(value, _Literal) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _raw(value: Any) -> Any:
     if value is None:
         return ""
@@ -48,14 +68,14 @@ def _raw(value: Any) -> Any:
         if math.isnan(value):
             return ""
         if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
+            return _Literal("inf" if value > 0 else "-inf")
+        return value
     return value
 
 
-def _metric_cells(metrics: Mapping[str, Mapping[str, Estimate]], keys: Sequence[str]) -> dict[str, Any]:
+def _metric_cells(metrics: Mapping[str, Mapping[str, Any]], infos: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in keys:
+    for key, info in infos.items():
         valid, every = metrics[key]["valid"], metrics[key]["all"]
         out[f"{key}:valid"] = _raw(valid.value)
         out[f"{key}:valid_lo"] = _raw(valid.lo)
@@ -65,13 +85,15 @@ def _metric_cells(metrics: Mapping[str, Mapping[str, Estimate]], keys: Sequence[
         out[f"{key}:all_lo"] = _raw(every.lo)
         out[f"{key}:all_hi"] = _raw(every.hi)
         out[f"{key}:all_n"] = every.n
-        out[f"{key}:all_stat"] = every.statistic
+        out[f"{key}:statistic"] = info["statistic"]
+        out[f"{key}:worst"] = _raw(float(info["worst"]))
+        out[f"{key}:n_undefined"] = metrics[key].get("undefined", 0)
     return out
 
 
 def leaderboard_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One CSV row per system, in rank order, with VSR, every metric and the paired difference to the best."""
-    keys = list(summary["metrics"])
+    infos = summary["metrics"]
     rows = []
     for s in summary["systems"]:
         vs = s.get("vs_best") or {}
@@ -84,7 +106,7 @@ def leaderboard_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "vsr": _raw(s["vsr"].value),
                 "vsr_lo": _raw(s["vsr"].lo),
                 "vsr_hi": _raw(s["vsr"].hi),
-                **_metric_cells(s["metrics"], keys),
+                **_metric_cells(s["metrics"], infos),
                 "headline": summary.get("headline") or "",
                 "vs_best_system": vs.get("system", ""),
                 "vs_best_diff": _raw(vs.get("diff")),
@@ -99,7 +121,7 @@ def leaderboard_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def per_category_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One CSV row per (system, category)."""
-    keys = list(summary["metrics"])
+    infos = summary["metrics"]
     return [
         {
             "system": c["system"],
@@ -109,7 +131,7 @@ def per_category_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
             "vsr": _raw(c["vsr"].value),
             "vsr_lo": _raw(c["vsr"].lo),
             "vsr_hi": _raw(c["vsr"].hi),
-            **_metric_cells(c["metrics"], keys),
+            **_metric_cells(c["metrics"], infos),
         }
         for c in summary["per_category"]
     ]
@@ -137,13 +159,13 @@ def error_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """CSV text with a header (columns default to the first row's keys)."""
+    """CSV text with a header (columns default to the first row's keys); text cells pass :func:`csv_cell`."""
     cols = list(columns) if columns is not None else (list(rows[0]) if rows else [])
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    writer.writeheader()
+    writer.writerow({c: csv_cell(c) for c in cols})
     for r in rows:
-        writer.writerow({c: r.get(c, "") for c in cols})
+        writer.writerow({c: csv_cell(r.get(c, "")) for c in cols})
     return buf.getvalue()
 
 
@@ -158,29 +180,29 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines) + "\n"
 
 
-def _arrow(info: Mapping[str, Any]) -> str:
-    return "↑" if info["higher_is_better"] else "↓"
-
-
 def _vsr_cell(s: Mapping[str, Any]) -> str:
     return f"{fmt_estimate(s['vsr'])} ({s['n_executable']}/{s['n']})"
 
 
+def _valid_cell(m: Mapping[str, Any], scale: float) -> str:
+    """``value [lo, hi] (n_valid/n)``, plus ``, k undefined`` when the metric was undefined for k cases."""
+    valid, every = m["valid"], m["all"]
+    und = f", {m['undefined']} undefined" if m.get("undefined") else ""
+    return f"{fmt_estimate(valid, scale)} ({valid.n}/{every.n}{und})"
+
+
 def leaderboard_markdown(summary: Mapping[str, Any]) -> str:
-    """The leaderboard: per metric a valid-only column (mean [95% CI] n_valid/n) and an all-cases column."""
+    """The leaderboard: per metric a valid-only and an all-cases column, both with the metric's statistic."""
     infos = summary["metrics"]
     headers = ["#", "system", "VSR"]
     for info in infos.values():
-        headers.append(f"{info['display']} {_arrow(info)} valid-only")
-        headers.append(f"{info['display']} {_arrow(info)} all ({info['all_statistic']})")
+        headers += [column_label(info, "valid"), column_label(info, "all")]
     rows = []
     for s in summary["systems"]:
         row: list[Any] = [s["rank"], s["system"], _vsr_cell(s)]
         for key, info in infos.items():
             scale = info["scale"]
-            valid, every = s["metrics"][key]["valid"], s["metrics"][key]["all"]
-            row.append(f"{fmt_estimate(valid, scale)} ({valid.n}/{every.n})")
-            row.append(fmt_estimate(every, scale))
+            row += [_valid_cell(s["metrics"][key], scale), fmt_estimate(s["metrics"][key]["all"], scale)]
         rows.append(row)
     return markdown_table(headers, rows)
 
@@ -190,17 +212,13 @@ def per_category_markdown(summary: Mapping[str, Any]) -> str:
     infos = summary["metrics"]
     headers = ["category", "system", "VSR"]
     for info in infos.values():
-        headers += [
-            f"{info['display']} {_arrow(info)} valid-only",
-            f"{info['display']} all ({info['all_statistic']})",
-        ]
+        headers += [column_label(info, "valid"), column_label(info, "all")]
     rows = []
     for c in sorted(summary["per_category"], key=lambda c: (c["category"], c["system"])):
         row: list[Any] = [c["category"], c["system"], _vsr_cell(c)]
         for key, info in infos.items():
             scale = info["scale"]
-            valid, every = c["metrics"][key]["valid"], c["metrics"][key]["all"]
-            row += [f"{fmt_estimate(valid, scale)} ({valid.n}/{every.n})", fmt_estimate(every, scale)]
+            row += [_valid_cell(c["metrics"][key], scale), fmt_estimate(c["metrics"][key]["all"], scale)]
         rows.append(row)
     return markdown_table(headers, rows)
 
@@ -240,8 +258,16 @@ def _md_header(summary: Mapping[str, Any], meta: Mapping[str, Any], title: str) 
         f"`{proto.get('name', '?')}` v{proto.get('version', '?')} (fingerprint `{proto.get('hash', '?')}`), "
         f"attempts: {summary['attempts']}.\n"
         f"Intervals: 95% percentile bootstrap over cases ({boot['n_resamples']} resamples, seed {boot['seed']}). "
-        "valid-only = mean over valid cases (n_valid/n); all = failures scored worst "
-        "(0, or +inf where lower is better, hence the median).\n\n"
+        "Each metric has one statistic (mean, or median for unbounded distances), used for both columns: "
+        "(valid) over the cases with a valid candidate (n_valid/n), (all) over every case with failures scored "
+        f"the metric's worst value ({_worsts(summary)}), so (all) is never better than (valid). "
+        "'undefined': valid cases where the metric has no meaning (e.g. IoU of two open surfaces), in neither.\n\n"
+    )
+
+
+def _worsts(summary: Mapping[str, Any]) -> str:
+    return (
+        ", ".join(f"{info['display']} = {worst_label(info)}" for info in summary["metrics"].values()) or "-"
     )
 
 
