@@ -1,15 +1,24 @@
 """The ``gen3deval`` command line: one entry, one module per command in :mod:`gen3deval.commands`.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
-Exit codes: 0 success, 2 bad input (one line on stderr, never a traceback), 1 unexpected failure.
+Exit codes: 0 success, 2 bad input (one line on stderr, never a traceback), 1 unexpected failure,
+130 interrupted (Ctrl-C or SIGTERM: a run prints the command that resumes it), 141 output pipe closed
+(``gen3deval list | head -1``: quiet). An unexpected exception is one line too; ``GEN3DEVAL_DEBUG=1``
+shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import shlex
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from gen3deval.errors import Gen3DEvalError, UserInputError
 
@@ -52,23 +61,83 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that a run stops the same way (workers killed, committed rows kept)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` while a command runs (signals can only be set in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _quiet_broken_pipe() -> None:
+    # The reader went away (`| head`): send what is still buffered to /dev/null so that the interpreter's
+    # final flush does not print "Exception ignored ... BrokenPipeError".
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except BrokenPipeError:  # `gen3deval --help | head -1`
+        _quiet_broken_pipe()
+        return 141
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    cmd = args.command
     try:
-        return int(args._run(args) or 0)
+        with _sigterm_as_interrupt():
+            code = int(args._run(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+            return code
     except UserInputError as exc:
-        print(f"gen3deval {args.command}: error: {exc}", file=sys.stderr)
+        print(f"gen3deval {cmd}: error: {exc}", file=sys.stderr)
         return 2
     except Gen3DEvalError as exc:
-        print(f"gen3deval {args.command}: error: {exc}", file=sys.stderr)
+        print(f"gen3deval {cmd}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        out = getattr(args, "resume_out", None)  # set by the run command once it knows its folder
+        hint = f"; resume with: gen3deval run --out {shlex.quote(str(out))}" if out else ""
+        with contextlib.suppress(OSError):
+            print(f"{what}{hint}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return 141
+    except OSError as exc:
+        # Files a user named (a folder given for a file, no permission, disk full ...): one line.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"gen3deval {cmd}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if os.environ.get("GEN3DEVAL_DEBUG"):
+            raise
+        print(
+            f"gen3deval {cmd}: internal error: {type(exc).__name__}: {exc} "
+            "(a bug: please report it; GEN3DEVAL_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -87,6 +87,23 @@ def test_missing_file_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Captu
     assert "trellis8" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("size", ["0", "8", "15", "4097", "100000"])
+def test_size_outside_16_to_4096_is_refused_before_rendering(
+    mesh_file: Path, tmp_path: Path, size: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o"
+    assert main(["render", str(mesh_file), "--out", str(out), "--size", size]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"gen3deval render: error: --size must be between 16 and 4096 pixels, got {size}"
+    assert not out.exists()
+
+
+def test_smallest_size_renders(mesh_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert main(["render", str(mesh_file), "--rig", "turntable:1", "--out", str(out), "--size", "16"]) == 0
+    assert Image.open(out / "view_000.png").size == (16, 16)
+
+
 def test_console_entry_point(mesh_file: Path, tmp_path: Path) -> None:
     """The installed ``gen3deval`` script, as a user runs it (one subprocess)."""
     exe = Path(sys.executable).with_name("gen3deval")

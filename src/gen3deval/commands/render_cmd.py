@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# Below 16 px nothing is recognisable; above 4096 px a 8-view rig needs GBs and most GL drivers refuse.
+MIN_SIZE, MAX_SIZE = 16, 4096
+
 HELP = "render a mesh from a camera rig to PNGs (+ cameras.json; depth/normal/alpha passes on request)"
 
 
@@ -15,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     parser.add_argument(
-        "--size", type=int, default=512, help="image width and height in pixels (default 512)"
+        "--size", type=int, default=512, help="image width and height in pixels, 16..4096 (default 512)"
     )
     parser.add_argument(
         "--material", choices=("asset", "grey"), default="asset", help="asset colours or one grey"
@@ -39,8 +42,12 @@ def run(args: argparse.Namespace) -> int:
     from gen3deval.mesh.io import load_mesh
     from gen3deval.render import Renderer, rig, write_views
 
-    if args.size < 1:
-        raise ConfigError(f"--size must be >= 1, got {args.size}")
+    if not MIN_SIZE <= args.size <= MAX_SIZE:
+        raise ConfigError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {args.size}")
+    if args.samples < 0:
+        raise ConfigError(f"--samples must be >= 0, got {args.samples}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: not a folder")
     cameras = rig(args.rig, args.size)  # check the rig before loading the mesh
     mesh = load_mesh(Path(args.mesh), up=args.up)
     renderer = Renderer(size=args.size, backend=args.backend, samples=args.samples)
