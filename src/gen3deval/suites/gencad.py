@@ -4,7 +4,9 @@ One JSON object a line: ``question_id`` (int or str, the case id), ``text`` (the
 ``ground_truth`` (a CadQuery program ending with ``solid=...`` -> ``ref_code``, ``ref_code_lang="cadquery"``),
 ``image`` (a file name), optional ``category`` (default ``"default"``). The image is used when the file exists
 next to the jsonl (or in an ``images/`` folder beside it); otherwise ``image`` is None and the engine renders
-the reference image from the ground-truth program. Bad lines are skipped and recorded as ``"FILE:LINE: reason"``.
+the reference image from the ground-truth program. An image that is found but empty or does not decode keeps
+its case, marked to fail naming the file. Bad lines are skipped and recorded as ``"FILE:LINE: reason"``; an
+id that is not a safe file name (``/``, ``..``, control characters) refuses the file naming the line.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from gen3deval.errors import SuiteError
 from gen3deval.suites.base import Case
-from gen3deval.suites.suite import Suite, check_case_id, require_file
+from gen3deval.suites.suite import Suite, UnsafeCaseId, check_case_id, image_problem, require_file
 
 
 def load_gencad(path: Path | None) -> Suite:
@@ -39,6 +41,8 @@ def load_gencad(path: Path | None) -> Suite:
             continue
         try:
             case = _entry_to_case(entry, file.parent)
+        except UnsafeCaseId as exc:
+            raise SuiteError(f"{where}: {exc}") from None
         except ValueError as exc:
             problems.append(f"{where}: {exc}; line skipped")
             continue
@@ -48,6 +52,9 @@ def load_gencad(path: Path | None) -> Suite:
             )
             continue
         seen[case.id] = lineno
+        case, problem = image_problem(case, where)
+        if problem is not None:
+            problems.append(problem)
         cases.append(case)
     return Suite(
         name=f"gencad:{file.parent.name}/{file.name}",

@@ -8,9 +8,11 @@ absolute; required unless the entry has ``ref_code``), ``category`` (default ``"
 ``manifest.jsonl`` or ``manifest.json`` inside it.
 
 Bad entries (invalid JSON, not an object, missing/invalid id, duplicate id, no ``path``, wrong field type)
-are skipped and recorded as ``"FILE:LINE: reason"`` (``"FILE:entry N"`` for a .json list). An entry whose
-``path`` or ``image`` file does not exist is kept (the engine marks the case failed with that reason) and
-also recorded.
+are skipped and recorded as ``"FILE:LINE: reason"`` (``"FILE:entry N"`` for a .json list). An id that is not
+a safe file name (``/``, ``..``, control characters, leading ``.``) refuses the whole file with
+:class:`~gen3deval.errors.SuiteError` naming the line. An entry whose ``path`` file does not exist, or whose
+``image`` is missing, empty or does not decode, is kept (the engine marks the case failed with that reason)
+and also recorded.
 """
 
 from __future__ import annotations
@@ -20,12 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from gen3deval.errors import SuiteError
+from gen3deval.execute.registry import EXECUTORS
 from gen3deval.suites.base import Case
-from gen3deval.suites.suite import UP_AXES, Suite, check_case_id, mesh_up, require_file
+from gen3deval.suites.suite import (
+    UP_AXES,
+    Suite,
+    UnsafeCaseId,
+    check_case_id,
+    image_problem,
+    mesh_up,
+    require_file,
+)
 
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.json")
 _CASE_FIELDS = ("id", "category", "path", "caption", "image", "prompt", "ref_code", "ref_code_lang", "up")
-_CODE_LANGS = ("cadquery", "threejs")
+_CODE_LANGS = tuple(EXECUTORS)  # the executor registry's languages
 
 
 def find_manifest(path: Path | None) -> Path:
@@ -81,6 +92,8 @@ def read_manifest(file: Path, *, up: str = "y") -> tuple[list[Case], list[str]]:
     for where, entry in entries:
         try:
             case = entry_to_case(entry, file.parent, up=up)
+        except UnsafeCaseId as exc:
+            raise SuiteError(f"{where}: {exc}") from None
         except ValueError as exc:
             problems.append(f"{where}: {exc}; entry skipped")
             continue
@@ -88,11 +101,13 @@ def read_manifest(file: Path, *, up: str = "y") -> tuple[list[Case], list[str]]:
             problems.append(f"{where}: duplicate id {case.id!r} (first at {seen[case.id]}); entry skipped")
             continue
         seen[case.id] = where
-        for label, value in (("path", case.ref_mesh), ("image", case.image)):
-            if value is not None and not Path(value).is_file():
-                problems.append(
-                    f"{where}: {label} file not found: {value} (case {case.id!r} kept; it will fail)"
-                )
+        if case.ref_mesh is not None and not Path(case.ref_mesh).is_file():
+            problems.append(
+                f"{where}: path file not found: {case.ref_mesh} (case {case.id!r} kept; it will fail)"
+            )
+        case, problem = image_problem(case, where)
+        if problem is not None:
+            problems.append(problem)
         cases.append(case)
     if not cases and not problems:
         raise SuiteError(f"{file}: no entries")

@@ -8,7 +8,8 @@ Layouts (suffixes ``.glb .gltf .obj .ply .stl .off``, case-insensitive; hidden f
 
 ``captions.csv`` in DIR (or the ``captions=`` option) has the columns ``id`` and ``caption`` and optionally
 ``category`` (which overrides the subfolder). Bad rows are recorded in ``Suite.problems`` with their line.
-Two meshes with the same id raise :class:`~gen3deval.errors.SuiteError` naming both files.
+Two meshes with the same id raise :class:`~gen3deval.errors.SuiteError` naming both files, as does an id that
+is not a safe file name (control characters, padded with spaces, ...).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from gen3deval.errors import SuiteError
 from gen3deval.suites.base import Case
-from gen3deval.suites.suite import MESH_SUFFIXES, Suite, check_case_id, mesh_up, require_dir
+from gen3deval.suites.suite import MESH_SUFFIXES, Suite, UnsafeCaseId, check_case_id, mesh_up, require_dir
 
 CAPTIONS_FILE = "captions.csv"
 
@@ -50,6 +51,11 @@ def load_meshes(path: Path | None, *, captions: str | Path | None = None, up: st
         category = parts[0] if len(parts) >= 2 else "default"
         # Toys4k keeps one object per folder (category/object/mesh.obj): the folder names the object.
         case_id = parts[-2] if len(parts) >= 3 and meshes_per_dir[p.parent] == 1 else p.stem
+        try:
+            if check_case_id(case_id) is None:
+                raise UnsafeCaseId(f"unusable case id {case_id!r} (blank or padded with spaces)")
+        except UnsafeCaseId as exc:
+            raise SuiteError(f"{p}: {exc}; rename it") from None
         if case_id in found:
             other = found[case_id][1].relative_to(folder)
             raise SuiteError(
@@ -119,7 +125,10 @@ def read_captions(path: Path, known_ids: set[str]) -> tuple[dict[str, str | None
                         f"{path}:{line}: expected {len(cols)} columns, found {len(row)}; row skipped"
                     )
                     continue
-                case_id = check_case_id(row[i_id].strip())
+                try:
+                    case_id = check_case_id(row[i_id].strip())
+                except UnsafeCaseId:
+                    case_id = None  # such an id names no mesh file of this folder
                 if case_id is None:
                     problems.append(f"{path}:{line}: missing or invalid id; row skipped")
                     continue

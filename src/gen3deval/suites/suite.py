@@ -9,6 +9,7 @@ recorded in ``Suite.problems`` as ``"FILE:LINE: what was wrong"``. A source that
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -88,10 +89,65 @@ SUITE_KIND_HELP: dict[str, str] = {
 _BUILTIN = ("quickstart",)
 
 
+# Options every kind takes (applied after loading), and the per-kind options each loader declares.
+COMMON_OPTIONS = ("limit", "seed", "categories")
+
+
+class SuiteOptionError(ConfigError):
+    """A bad suite option; ``key`` is the option's name (for messages like ``suites[0].up: ...``)."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"suite option {detail}")
+        self.key = key
+        self.detail = detail
+
+
+def check_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Validate the options of a suite of ``kind``; returns the loader's own keyword options.
+
+    Common options: ``limit`` (positive int), ``seed`` (int >= 0), ``categories`` (list or comma string).
+    Kind options: those the loader declares (``up`` for meshes/manifest, ``captions`` for meshes).
+    Raises :class:`SuiteOptionError` naming the option.
+    """
+    loader = SUITE_KINDS.get(kind)
+    params = inspect.signature(loader).parameters
+    kind_options: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "limit":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise SuiteOptionError(key, f"limit={value!r} is invalid; expected a positive integer")
+        elif key == "seed":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SuiteOptionError(key, f"seed={value!r} is invalid; expected an integer >= 0")
+        elif key == "categories":
+            if value is not None and not isinstance(value, str | list | tuple):
+                raise SuiteOptionError(key, f"categories={value!r} is invalid; expected a list of names")
+        elif key == "up":
+            if value not in UP_AXES:
+                raise SuiteOptionError(key, f"up={value!r} is invalid; use 'y' or 'z'")
+            if "up" not in params:
+                if value != "y":
+                    raise SuiteOptionError(key, f"'up' does not apply to suite kind {kind!r}")
+                continue
+            kind_options[key] = value
+        elif key not in params or key == "path":
+            extra = [k for k in params if k != "path"]
+            known = ", ".join([*COMMON_OPTIONS, *extra])
+            raise SuiteOptionError(
+                key, f"{key!r} does not apply to suite kind {kind!r}; its options: {known}"
+            )
+        else:
+            if value is not None and not isinstance(value, str | Path):
+                raise SuiteOptionError(key, f"{key}={value!r} is invalid; expected a path")
+            kind_options[key] = value
+    return kind_options
+
+
 def load_suite(
     spec: str,
     *,
     limit: int | None = None,
+    seed: int = 0,
     categories: str | Iterable[str] | None = None,
     up: str = "y",
     **kind_options: Any,
@@ -100,7 +156,9 @@ def load_suite(
 
     Args:
         spec: e.g. ``"quickstart"``, ``"images:photos/"``, ``"manifest:data/manifest.jsonl"``.
-        limit: keep the first ``limit`` cases (after the category filter).
+        limit: keep a sample of ``limit`` cases (after the category filter), stratified across categories
+            (see :func:`stratified_sample`), in suite order.
+        seed: the sample's seed (the same seed gives the same sample).
         categories: keep only these categories (a list, or a comma-separated string).
         up: ``"y"`` or ``"z"``: the up axis of OBJ/PLY/STL/OFF references (glTF is always +Y up); recorded in
             each case's ``meta["up"]`` for the engine to pass to ``load_mesh``.
@@ -111,20 +169,8 @@ def load_suite(
         SuiteError: the source cannot be read (names the file).
     """
     kind, path = parse_spec(spec)
-    if up not in UP_AXES:
-        raise ConfigError(f"suite option up={up!r} is invalid; use 'y' or 'z'")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"suite option limit={limit!r} is invalid; expected a positive integer")
+    options = check_options(kind, {"limit": limit, "seed": seed, "up": up, **kind_options})
     loader = SUITE_KINDS.get(kind)
-    params = inspect.signature(loader).parameters
-    options: dict[str, Any] = dict(kind_options)
-    if "up" in params:
-        options["up"] = up
-    elif up != "y":
-        raise ConfigError(f"suite option 'up' does not apply to suite kind {kind!r}")
-    for key in kind_options:
-        if key not in params:
-            raise ConfigError(f"suite option {key!r} does not apply to suite kind {kind!r}")
     suite = loader(path, **options) if kind not in _BUILTIN else loader(**options)
     if not suite.cases:
         shown = "; ".join(suite.problems[:3]) or "no entries"
@@ -139,9 +185,43 @@ def load_suite(
             )
         suite.cases = [c for c in suite.cases if c.category in wanted]
     if limit is not None:
-        suite.cases = suite.cases[:limit]
-    suite.options = {"limit": limit, "categories": wanted, "up": up, **kind_options}
+        suite.cases = stratified_sample(suite.cases, limit, seed)
+    suite.options = {"limit": limit, "seed": seed, "categories": wanted, "up": up, **kind_options}
     return suite
+
+
+def stratified_sample(cases: list[Case], n: int, seed: int = 0) -> list[Case]:
+    """``n`` of ``cases``, spread over the categories in proportion to their sizes, in the input order.
+
+    Every category gets at least one case when ``n`` >= the number of categories; otherwise ``n``
+    categories get one each. Seats go one at a time to the category furthest below its quota
+    ``n * size / total`` (Hamilton's largest remainder, ties broken by a seeded hash of the category name);
+    within a category the cases with the smallest ``sha256(f"{seed}:{id}")`` are taken. Hash-based, so the
+    sample is the same on every platform and Python version, and a larger ``n`` keeps a smaller ``n``'s
+    picks within each category.
+    """
+    if n >= len(cases):
+        return list(cases)
+    by_cat: dict[str, list[Case]] = {}
+    for c in cases:
+        by_cat.setdefault(c.category, []).append(c)
+    total = len(cases)
+    quota = {cat: n * len(members) / total for cat, members in by_cat.items()}
+    tie = {cat: _seeded(seed, "category", cat) for cat in by_cat}
+    seats = dict.fromkeys(by_cat, 1 if n >= len(by_cat) else 0)
+    for _ in range(n - sum(seats.values())):
+        open_cats = [cat for cat in by_cat if seats[cat] < len(by_cat[cat])]
+        best = max(open_cats, key=lambda cat: (quota[cat] - seats[cat], tie[cat]))
+        seats[best] += 1
+    chosen: set[int] = set()
+    for cat, members in by_cat.items():
+        ranked = sorted(members, key=lambda c: _seeded(seed, "case", c.id))
+        chosen.update(id(c) for c in ranked[: seats[cat]])
+    return [c for c in cases if id(c) in chosen]
+
+
+def _seeded(seed: int, *parts: str) -> str:
+    return hashlib.sha256(":".join([str(seed), *parts]).encode()).hexdigest()
 
 
 def parse_spec(spec: str) -> tuple[str, Path | None]:
@@ -228,12 +308,95 @@ def with_up(case: Case, up: str) -> Case:
     return replace(case, meta={**case.meta, "up": mesh_up(case.ref_mesh, up)})
 
 
+# Longest case id in UTF-8 bytes: ids name files (``{id}.glb``, ``{id}/2.py``), whose names stop at 255 bytes.
+MAX_ID_BYTES = 200
+
+
+class UnsafeCaseId(ValueError):
+    """A case id that cannot be used as a file name; the loaders refuse the suite with the file and line."""
+
+
 def check_case_id(value: Any) -> str | None:
-    """A usable case id as a string, or None (empty, padded, non-printable, or not a string/int)."""
+    """A usable case id as a string, or None (empty, padded, or not a string/int: the entry is skipped).
+
+    Raises :class:`UnsafeCaseId` for an id that is not a safe file name (see :func:`unsafe_id_reason`):
+    ids name output files, so such an id is refused, not skipped.
+    """
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, str) and value.strip() and value == value.strip() and value.isprintable():
-        return value
+    if not isinstance(value, str) or not value.strip() or value != value.strip():
+        return None
+    reason = unsafe_id_reason(value)
+    if reason is not None:
+        raise UnsafeCaseId(
+            f"unsafe case id {value!r}: {reason} (ids name files: no '/', '\\', control characters, "
+            f"leading '.', at most {MAX_ID_BYTES} bytes)"
+        )
+    return value
+
+
+def unsafe_id_reason(value: str) -> str | None:
+    """Why ``value`` is not a safe file name (``/``, ``\\``, ``..``, absolute, control characters), or None."""
+    if not value.isprintable():
+        return "it contains control or non-printable characters"
+    if "/" in value or "\\" in value:
+        return "it contains a path separator"
+    if value.startswith("."):
+        return "it starts with '.' (a hidden file, or '..' the parent folder)"
+    if len(value.encode("utf-8")) > MAX_ID_BYTES:
+        return f"it is longer than {MAX_ID_BYTES} bytes"
     return None
+
+
+def check_image(path: str | Path) -> str | None:
+    """None when ``path`` is a non-empty image that decodes completely; else the reason, e.g. ``"empty file"``.
+
+    Opens the file with Pillow, verifies it and decodes every pixel (a truncated file fails here rather than
+    in a generator).
+    """
+    p = Path(path)
+    try:
+        if not p.is_file():
+            return "file not found" if not p.exists() else "not a file"
+        if p.stat().st_size == 0:
+            return "empty file"
+    except OSError as exc:
+        return f"cannot read ({exc.strerror})"
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            im.verify()
+        with Image.open(p) as im:  # verify() leaves the image unusable: decode from a fresh handle
+            width, height = im.size
+            # JPEG: decode at 1/8 scale (3x faster; every byte is still read, so truncation is still caught).
+            im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))
+            im.load()
+    except UnidentifiedImageError:
+        return "not an image (unknown or unsupported format)"
+    except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error...
+        return f"corrupt or truncated image ({type(exc).__name__}: {exc})"
+    if width < 1 or height < 1:
+        return "image has no pixels"
+    return None
+
+
+def image_problem(case: Case, where: str | None) -> tuple[Case, str | None]:
+    """Verify the input image of ``case``: (case, None) when it is fine, else (the case marked with
+    ``meta["input_error"]`` so that its reference stage fails naming the file, a problem line)."""
+    if case.image is None:
+        return case, None
+    reason = check_image(case.image)
+    if reason is None:
+        return case, None
+    error = (
+        f"image file not found: {case.image}"
+        if reason == "file not found"
+        else f"input image {case.image}: {reason}"
+    )
+    problem = f"{error} (case {case.id!r} kept; it will fail)"
+    return replace(case, meta={**case.meta, "input_error": error}), (
+        f"{where}: {problem}" if where else problem
+    )
