@@ -1,13 +1,18 @@
 """Engine benchmarks: (a) store + scheduling overhead per case, (b) the quickstart run end to end,
-(c) scoring the 304 shared objects against perturbed copies with 1 vs 2 worker processes.
+(c) scoring the 304 shared objects against perturbed copies with 1 vs 2 worker processes, (d) the score
+stage with the reference prepared once per case vs once per stage.
 
-Run: ``.venv/bin/python benchmarks/bench_engine.py [--only a|b|c] [--cases 10000] [--samples 20000]``.
+Run: ``.venv/bin/python benchmarks/bench_engine.py [--only a|b|c|d] [--cases 10000] [--samples 20000]``.
 Prints one markdown table per part. Each part compares against a baseline measured in the same run:
 
 - (a) the same no-op stage functions called in a bare loop (no store, no artifacts, no planning); the
   difference per case is the engine's overhead (target < 5 ms/case).
 - (b) a fresh quickstart run vs resuming the finished folder (every stage skipped); target < 3 min.
 - (c) ``--jobs 1`` vs ``--jobs 2`` on the same suite and protocol: cases/s and the speedup.
+- (d) ``stage_score`` for 4 candidates (systems/attempts) per reference with the worker's reference cache
+  emptied before every call (the per-stage loading of earlier versions) vs kept (once per case); in one
+  process, same inputs, so the difference is the reference's loading (and sampling, with
+  ``compare.prepare_reference``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ def noop_generate(
     reference_mesh: str | None,
     ref_image: str | None,
     workdir: Path,
+    attempt: int = 1,
 ) -> Any:
     from gen3deval.engine.stages import StageResult
 
@@ -267,18 +273,82 @@ def _row_diffs(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+# --- (d) the score stage's reference cache -----------------------------------------------------------------
+def bench_score_cache(n_refs: int, samples: int) -> list[str]:
+    from gen3deval import compare as compare_module
+    from gen3deval.config import get_protocol
+    from gen3deval.engine import stages
+    from gen3deval.mesh.io import load_mesh, save_mesh
+
+    rows = [
+        json.loads(line)
+        for line in (SHARED / "lowpoly304" / "manifest.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    step = max(1, len(rows) // n_refs)
+    refs = [SHARED / "lowpoly304" / r["path"] for r in rows[::step][:n_refs]]
+    protocol = get_protocol(
+        {"name": "default", "samples": samples, "rig": None, "image_metrics": []}
+    ).params()
+    with tempfile.TemporaryDirectory(prefix="gen3deval-bench-") as d:
+        folder = Path(d)
+        cands = []
+        for i, ref in enumerate(refs):
+            # 4 candidates per reference: 3 other objects and the reference itself (the oracle).
+            others = [refs[(i + k) % len(refs)] for k in (1, 2, 3)]
+            cands.append(
+                [str(save_mesh(load_mesh(o), folder / f"c{i}_{k}.glb")) for k, o in enumerate(others)]
+            )
+            cands[-1].append(str(ref))
+        timings: dict[str, float] = {}
+        values: dict[str, list[Any]] = {}
+        stages.stage_score(cands[0][0], str(refs[0]), None, None, protocol, folder)  # warm-up: imports
+        for mode in ("per stage (cache emptied)", "once per case (cache kept)"):
+            stages._REFERENCES.clear()
+            out = []
+            t0 = time.perf_counter()
+            for ref, cs in zip(refs, cands, strict=True):
+                for c in cs:
+                    if mode.startswith("per stage"):
+                        stages._REFERENCES.clear()
+                    res = stages.stage_score(c, str(ref), None, None, protocol, folder)
+                    out.append(res.value.get("chamfer_l1"))
+            timings[mode] = time.perf_counter() - t0
+            values[mode] = out
+    n = sum(len(c) for c in cands)
+    base = next(iter(timings.values()))
+    prepared = (
+        "compare.prepare_reference" if hasattr(compare_module, "prepare_reference") else "loaded Mesh only"
+    )
+    lines = [
+        f"### (d) score stage: {len(refs)} references x 4 candidates, samples {samples}, geometry metrics "
+        f"incl. volume_iou (cache holds: {prepared})",
+        "",
+        "| reference | total s | ms/score stage | speedup |",
+        "|---|---:|---:|---:|",
+    ]
+    for mode, dt in timings.items():
+        lines.append(f"| {mode} | {dt:.2f} | {dt / n * 1e3:.1f} | {base / dt:.2f} |")
+    lines.append("")
+    first, second = values.values()
+    lines.append(f"Identical scores both ways: {first == second}")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--only", choices=["a", "b", "c"])
+    ap.add_argument("--only", choices=["a", "b", "c", "d"])
     ap.add_argument("--cases", type=int, default=10_000, help="(a) no-op cases")
     ap.add_argument("--samples", type=int, default=20_000, help="(c) surface samples per mesh")
     ap.add_argument("--limit", type=int, help="(c) only the first N objects")
+    ap.add_argument("--refs", type=int, default=16, help="(d) references")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start\n")
     parts = {
         "a": lambda: bench_overhead(args.cases),
         "b": bench_quickstart,
         "c": lambda: bench_scoring(args.samples, args.limit),
+        "d": lambda: bench_score_cache(args.refs, args.samples),
     }
     for key, fn in parts.items():
         if args.only and key != args.only:

@@ -111,16 +111,23 @@ def test_run_rows_complete_and_baselines_ordered(full_run: tuple[Path, Path, str
         assert (run_dir / r["artifacts"]["mesh"]).is_file()
         assert (run_dir / r["artifacts"]["render"]).is_file() and len(r["artifacts"]["renders"]) == 1
         assert (r["artifacts"]["program"] is not None) == (r["system"] in ("bbox", "boxes", "sphere"))
+    from gen3deval.compare import compare
+    from gen3deval.metrics.image import PSNR_CAP_DB
+
+    lowpoly = {r["id"]: LOWPOLY / r["path"] for r in lowpoly_manifest()}
     for case in IDS:
+        # The candidate IS the reference: the numbers of `compare` of the file with itself (independent
+        # samples of the same surface: small distances, not zero), perfect volume and images.
+        direct = compare(lowpoly[case], lowpoly[case], samples=4000, iou_resolution=48)
         for perfect in ("oracle", "files"):
             o = by[(case, perfect)]
-            # The candidate IS the reference: identical samples, distances exactly zero.
-            assert o["chamfer_l1"] == 0.0 and o["chamfer_l2"] == 0.0 and o["hausdorff"] == 0.0
-            assert o["fscore@0.01"] == 1.0 and o["fscore@0.05"] == 1.0
+            for key in ("chamfer_l1", "chamfer_l2", "hausdorff", "fscore@0.01", "fscore@0.05"):
+                assert o[key] == pytest.approx(direct[key], rel=1e-9, abs=1e-15), (case, perfect, key)
+            assert 0.0 < o["chamfer_l1"] < 0.03 and o["fscore@0.05"] > 0.99
             assert o["volume_iou"] == pytest.approx(1.0, abs=1e-9)
-            assert o["normal_consistency"] == pytest.approx(1.0, abs=1e-12)
-            assert o["mse"] == 0.0 and o["psnr"] == float("inf") and o["silhouette_iou"] == 1.0
+            assert o["mse"] == 0.0 and o["psnr"] == PSNR_CAP_DB and o["silhouette_iou"] == 1.0
         b, x, s = by[(case, "bbox")], by[(case, "boxes")], by[(case, "sphere")]
+        assert all(by[(case, "oracle")]["chamfer_l1"] < r["chamfer_l1"] for r in (b, x, s)), case
         # Checked on these objects: 64 voxel boxes beat the single bounding box on IoU AND on F@5.
         assert x["volume_iou"] > b["volume_iou"], case
         assert x["fscore@0.05"] > b["fscore@0.05"], case
@@ -248,8 +255,80 @@ def test_bad_inputs_fail_their_case_and_the_run_goes_on(tmp_path: Path) -> None:
     for r in [rows[(i, "mine")] for i in IDS] + [rows[("brokenref", s)] for s in ("oracle", "mine")]:
         assert not r["executable"] and r["chamfer_l1"] is None and r["volume_iou"] is None
     for i in IDS:  # the run went on: the good pipelines are scored
-        assert rows[(i, "oracle")]["executable"] and rows[(i, "oracle")]["chamfer_l1"] == 0.0
+        assert rows[(i, "oracle")]["executable"] and rows[(i, "oracle")]["volume_iou"] == pytest.approx(1.0)
     assert "failed: generate" in err and "load_error" in err
+
+
+def _ran(err: str) -> tuple[int, int, int]:
+    """(ran, failed, already finished) from the run's summary line on stderr."""
+    import re
+
+    m = re.search(r"stages: (\d+) ran \((\d+) failed\), (\d+) already finished", err)
+    assert m, err
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+def test_fixed_added_and_replaced_outputs_are_rescored_on_rerun(tmp_path: Path) -> None:
+    """Bring your own outputs, fix them, rerun: exactly the changed cases are scored again, and their
+    numbers are those of `compare` on the same files (issue 8, item 2)."""
+    from gen3deval.compare import compare
+
+    rows = {r["id"]: r for r in lowpoly_manifest()}
+    other = "kaykit_dungeon_candle_triple"
+    _write_suite(tmp_path, [{"id": other, "category": "prop", "path": str(LOWPOLY / rows[other]["path"])}])
+    ref = {i: LOWPOLY / rows[i]["path"] for i in (*IDS, other)}
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / f"{IDS[0]}.glb").write_bytes(b"\x00garbage, not a mesh")  # corrupt
+    # IDS[1]: missing
+    shutil.copy(ref[IDS[2]], outputs / f"{IDS[2]}.glb")  # good
+    shutil.copy(ref[IDS[0]], outputs / f"{other}.glb")  # untouched (a wrong object, scored as such)
+    spec = _spec(tmp_path, "[{name: files, label: mine, settings: {dir: outputs}}]")
+    code, _out, err = _run_cli(str(spec))
+    assert code == 0, err
+    before = {r["case"]: r for r in _results(tmp_path / "run")}
+    assert before[IDS[0]]["error_class"] == "load_error" and before[IDS[1]]["error_class"] == "missing_output"
+    assert before[IDS[2]]["volume_iou"] == pytest.approx(1.0, abs=1e-9)
+
+    shutil.copy(ref[IDS[0]], outputs / f"{IDS[0]}.glb")  # fixed
+    shutil.copy(ref[IDS[1]], outputs / f"{IDS[1]}.glb")  # added
+    shutil.copy(ref[other], outputs / f"{IDS[2]}.glb")  # replaced by another object
+    code, _out, err = _run_cli(str(spec))
+    assert code == 0, err
+    # generate + render + score of the 3 changed cases; the references and the untouched case are kept.
+    assert _ran(err) == (9, 0, 7)
+    after = {r["case"]: r for r in _results(tmp_path / "run")}
+    assert after[other] == before[other]
+    for case in (IDS[0], IDS[1]):
+        assert after[case]["executable"] and after[case]["volume_iou"] == pytest.approx(1.0, abs=1e-9)
+    assert after[IDS[2]]["volume_iou"] < 0.9
+    for case, cand in ((IDS[2], ref[other]), (other, ref[IDS[0]])):
+        direct = compare(cand, ref[case], samples=4000, iou_resolution=48)
+        for key in ("chamfer_l1", "fscore@0.01", "volume_iou"):
+            assert after[case][key] == pytest.approx(direct[key], rel=1e-9, abs=1e-12), (case, key)
+
+    # Nothing changed: nothing runs. A failed stage with unchanged inputs is kept unless --retry-failed.
+    (outputs / f"{other}.glb").unlink()
+    (outputs / f"{other}.js").write_text("function createObject(THREE) { throw new Error('kaput'); }\n")
+    code, _out, err = _run_cli(str(spec))
+    assert code == 0 and _ran(err) == (2, 1, 13), err  # generate, execute (fails)
+    code, _out, err = _run_cli(str(spec))
+    assert code == 0 and _ran(err) == (0, 0, 15), err
+    code, _out, err = _run_cli(str(spec), "--retry-failed")
+    assert code == 0 and _ran(err) == (1, 1, 14), err
+
+
+def test_systems_needing_references_are_refused_on_a_photo_suite(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from PIL import Image
+
+    for i in range(2):
+        Image.new("RGB", (16, 16), (i * 100, 50, 50)).save(photos / f"p{i}.png")
+    code, _out, err = _run_cli("--suite", f"images:{photos}", "--out", str(tmp_path / "run"))
+    assert code == 2, err
+    assert "system 'oracle' needs a reference mesh" in err and "photos" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # refused before any work
 
 
 @pytest.mark.parametrize(
@@ -299,7 +378,8 @@ def test_gencad_protocol_runs_cadquery_references(tmp_path: Path) -> None:
         assert r["executable"] and 0.0 < r["best_iou"] <= 1.0 + 1e-9
         assert set(r) >= {"chamfer_l2", "chamfer_l2_sum", "best_iou"} and "volume_iou" not in r
         if system == "oracle":
-            assert r["best_iou"] == pytest.approx(1.0, abs=1e-9) and r["chamfer_l2"] == 0.0
+            # Independent samples of the same surface (PROTOCOLS.md): near zero, never exactly zero.
+            assert r["best_iou"] == pytest.approx(1.0, abs=1e-9) and 0.0 < r["chamfer_l2"] < 1e-3
         assert r["protocol"]["name"] == "gencad" and r["protocol"]["params"]["normalize"] == "inertia"
         assert r["artifacts"]["ref_image"] is not None  # rendered from the ground-truth program
 
@@ -314,4 +394,4 @@ def test_quickstart_with_no_arguments(tmp_path: Path, monkeypatch: pytest.Monkey
     rows = _results(tmp_path / "runs" / "quickstart")
     assert len(rows) == 16 * 4 and all(r["executable"] for r in rows)
     oracle = [r for r in rows if r["system"] == "oracle"]
-    assert all(r["chamfer_l1"] == 0.0 and r["fscore@0.01"] == 1.0 for r in oracle)
+    assert all(0.0 < r["chamfer_l1"] < 0.01 and r["fscore@0.05"] > 0.99 for r in oracle)

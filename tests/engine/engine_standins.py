@@ -3,8 +3,10 @@
 Each stage writes a small text file whose content is derived from its inputs, so the final ``score``
 value is a deterministic function of the whole pipeline and any mix-up or double run shows.
 System settings steer failures: ``fail`` (case ids whose generate fails), ``crash`` (case ids whose
-generate raises), ``segfault`` (case ids whose generate kills its process), ``program`` (emit a program -> execute stage), ``flaky`` (a folder counting calls:
-TransientError until the second call), ``sleep`` (seconds per stage, for kill tests).
+generate raises), ``no_runtime`` (case ids whose generate finds a runtime missing), ``segfault`` (case ids whose generate kills its process), ``program`` (emit a program ->
+execute stage), ``flaky`` (a folder counting calls: TransientError until the second call), ``sleep``
+(seconds per stage, for kill tests), ``outputs`` (a folder: the candidate is the content of
+``{id}.txt`` or ``{id}/{attempt}.txt`` there, missing_output without it -- a ``files``-like system).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gen3deval.engine.stages import StageResult
+from gen3deval.errors import DependencyError
 from gen3deval.systems.base import GenerationFailed, TransientError
 
 
@@ -43,7 +46,9 @@ def reference(case: dict[str, Any], protocol: dict[str, Any], workdir: Path) -> 
     if case["id"].startswith("badref"):
         return StageResult.fail("reference_error", f"{case['id']}: corrupt reference")
     p = workdir / "ref.txt"
-    p.write_text(f"ref:{case['id']}")
+    # A case with a reference file: the reference's content is the file's (so a changed file shows).
+    content = Path(case["ref_mesh"]).read_text() if case.get("ref_mesh") else ""
+    p.write_text(f"ref:{case['id']}" + (f":{content}" if content else ""))
     time.sleep(float(case["meta"].get("sleep", 0)))
     return StageResult(value={"has_reference": True}, files={"mesh": str(p), "image": str(p)})
 
@@ -54,6 +59,7 @@ def generate(
     reference_mesh: str | None,
     ref_image: str | None,
     workdir: Path,
+    attempt: int = 1,
 ) -> StageResult:
     s = system["settings"]
     _note_pid()
@@ -63,6 +69,8 @@ def generate(
         raise GenerationFailed("missing_output", f"no output for {cid}")
     if cid in s.get("crash", []):
         raise RuntimeError(f"boom on {cid}")
+    if cid in s.get("no_runtime", []):
+        raise DependencyError("node not found: install Node >= 20")
     if cid in s.get("segfault", []):
         os.kill(os.getpid(), signal.SIGSEGV)
     if s.get("flaky"):
@@ -72,12 +80,19 @@ def generate(
         if n < 2:
             raise TransientError("rate limited")
     ref = Path(reference_mesh).read_text() if reference_mesh else "none"
+    tag = f"#{attempt}" if attempt != 1 else ""
+    if s.get("outputs"):
+        found = [Path(s["outputs"]) / f"{cid}.txt", Path(s["outputs"]) / cid / f"{attempt}.txt"]
+        found = [f for f in found if f.is_file()]
+        if not found:
+            raise GenerationFailed("missing_output", f"no output for {cid}")
+        tag = ":" + found[-1].read_text()
     if s.get("program"):
         p = workdir / "candidate.js"
-        p.write_text(f"prog:{system['label']}:{cid}:{ref}")
+        p.write_text(f"prog:{system['label']}:{cid}{tag}:{ref}")
         return StageResult(value={"kind": "program", "language": "threejs"}, files={"program": str(p)})
     p = workdir / "candidate.txt"
-    p.write_text(f"mesh:{system['label']}:{cid}:{ref}")
+    p.write_text(f"mesh:{system['label']}:{cid}{tag}:{ref}")
     return StageResult(value={"kind": "mesh"}, files={"mesh": str(p)})
 
 

@@ -209,3 +209,20 @@ def test_a_stage_that_crashes_its_worker_fails_alone_and_the_run_goes_on(tmp_pat
     assert by["c1"]["error_class"] == "generation_error" and "worker process died" in by["c1"]["error"]
     assert all(by[c]["executable"] and by[c]["chamfer_l1"] is not None for c in ("c0", "c2", "c3"))
     assert all(r.runs == 1 for r in stage_rows.values())
+
+
+@pytest.mark.parametrize("jobs", [0, 1])
+def test_missing_runtime_mid_run_stops_the_run_and_keeps_committed_rows(tmp_path: Path, jobs: int) -> None:
+    """A runtime that disappears mid-run is the environment's fault: the run stops with the error instead of
+    recording the case as a program failure, and what was committed stays (a rerun resumes)."""
+    from gen3deval.errors import DependencyError
+
+    eng = make_engine(tmp_path, CASES, {"meshsys": {"no_runtime": ["c2"]}}, jobs=jobs)
+    with pytest.raises(DependencyError, match="node not found"):
+        eng.run()
+    with Store(tmp_path, readonly=True) as store:
+        rows = store.all()
+    assert not any(r.error_class == "runtime" or "node not found" in (r.error or "") for r in rows.values())
+    assert (CASES[0], REFERENCE_SYSTEM, 1, "reference") in rows
+    ok = make_engine(tmp_path, CASES, {"meshsys": {}}, jobs=0).run()
+    assert ok.skipped["reference"] >= 1

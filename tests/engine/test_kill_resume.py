@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gen3deval.engine.results import build_rows
-from gen3deval.engine.store import Store
+from gen3deval.engine.store import Store, StoreError
 
 DRIVER = Path(__file__).resolve().parent / "engine_driver.py"
 N_CASES = 8
@@ -60,7 +60,7 @@ def _wait_rows(run_dir: Path, proc: subprocess.Popen[bytes], n: int, timeout: fl
         try:
             if len(_rows(run_dir)) >= n:
                 return
-        except sqlite3.Error:
+        except (sqlite3.Error, StoreError):  # the engine is still creating the store
             pass
         time.sleep(0.01)
 

@@ -1,7 +1,9 @@
 """Result rows and run metadata from a store (the engine/report contract), and the report hand-off.
 
-One row per (case, system, attempt) whose pipeline has finished (every stage it needs has a row);
-unfinished pipelines are listed separately so ``report`` can say a run is incomplete.
+One row per (case, system, attempt) whose pipeline has finished (every stage that applies has a row, as
+:mod:`gen3deval.engine.pipeline` defines them); unfinished pipelines are listed separately so ``report``
+can say a run is incomplete. The attempts of each (system, case) are the ones the engine recorded in the
+store's ``attempts`` meta (1 when absent).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gen3deval.config import Protocol, protocol_from_params
+from gen3deval.engine import pipeline as pl
 from gen3deval.engine.store import REFERENCE_SYSTEM, StageRow, Store
 
 # Values stored by the score stage beside the metrics that rows carry.
@@ -60,15 +63,33 @@ def build_meta(store: Store, protocol: Protocol | None = None) -> dict[str, Any]
 def _pipeline_rows(
     rows: dict[tuple[str, str, int, str], StageRow], case: str, system: str, attempt: int
 ) -> dict[str, StageRow]:
+    """{stage: row} of one pipeline, the case's reference (system "", attempt 1) included."""
     out = {}
-    ref = rows.get((case, REFERENCE_SYSTEM, 1, "reference"))
+    ref = rows.get((case, REFERENCE_SYSTEM, 1, pl.REFERENCE))
     if ref is not None:
-        out["reference"] = ref
-    for stage in ("generate", "execute", "render", "score"):
+        out[pl.REFERENCE] = ref
+    for stage in pl.PIPELINE_STAGES:
         r = rows.get((case, system, attempt, stage))
         if r is not None:
             out[stage] = r
     return out
+
+
+def _contexts(store: Store, protocol: Protocol) -> dict[str, pl.Context]:
+    """{system label: pipeline context}: the expected output of each system (from the stored spec)."""
+    from gen3deval.systems.base import SYSTEMS
+
+    spec = store.get_meta("spec", {}) or {}
+    out: dict[str, pl.Context] = {}
+    for s in spec.get("systems", []):
+        output = SYSTEMS.get(s["name"]).output if s.get("name") in SYSTEMS else "any"
+        program = True if output == "program" else False if output == "mesh" else None
+        out[s["label"]] = pl.Context(renders=protocol.renders, program=program)
+    return out
+
+
+def _attempts(store: Store) -> dict[str, dict[str, int]]:
+    return store.get_meta("attempts", {}) or {}
 
 
 def assemble_row(
@@ -80,11 +101,13 @@ def assemble_row(
     protocol: Protocol,
     fingerprint: dict[str, Any],
 ) -> dict[str, Any] | None:
-    """The result row of one pipeline, or None while it is unfinished."""
-    ref = stages.get("reference")
-    if ref is None:
+    """The result row of one pipeline ({stage: row}, the reference included), or None while it is
+    unfinished (a stage that applies has no row yet)."""
+    state = pl.states(stages, pl.Context(renders=protocol.renders))
+    if not pl.finished(state):
         return None
-    has_ref = ref.ok and bool(ref.artifacts.get("mesh"))
+    ref = stages[pl.REFERENCE]
+    has_ref = pl.has_reference(ref)
     row: dict[str, Any] = {
         "case": case,
         "category": category,
@@ -114,26 +137,17 @@ def assemble_row(
 
     if not ref.ok:
         return fail(ref)
-    gen = stages.get("generate")
-    if gen is None:
-        return None
+    gen = stages[pl.GENERATE]
     row["artifacts"]["program"] = gen.artifacts.get("program")
     if not gen.ok:
         return fail(gen)
-    mesh_row = gen
-    if "program" in gen.artifacts:
-        ex = stages.get("execute")
-        if ex is None:
-            return None
-        if not ex.ok:
-            return fail(ex)
-        mesh_row = ex
+    mesh_row = stages[pl.mesh_stage(stages, pl.Context(renders=protocol.renders))]
+    if not mesh_row.ok:
+        return fail(mesh_row)
     row["artifacts"]["mesh"] = mesh_row.artifacts.get("mesh")
     row["executable"] = True
-    if protocol.renders:
-        rn = stages.get("render")
-        if rn is None:
-            return None
+    if state[pl.RENDER] != pl.NA:
+        rn = stages[pl.RENDER]
         if rn.ok:
             renders = list(rn.artifacts.get("renders", []))
             row["artifacts"]["renders"] = renders
@@ -145,9 +159,7 @@ def assemble_row(
         row["error"] = f"reference render failed (no image metrics): {ref.value['render_error']}"
     if not has_ref:
         return row
-    sc = stages.get("score")
-    if sc is None:
-        return None
+    sc = stages[pl.SCORE]
     if not sc.ok:
         row["executable"] = False
         return fail(sc)
@@ -156,32 +168,40 @@ def assemble_row(
         row[key] = float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
     for key in _EXTRA_KEYS:
         row[key] = sc.value.get(key)
+    for key in protocol.metric_keys():
+        # How a metric was computed, or why it is undefined (a None that is not a failure).
+        for extra in (f"{key}_method", f"{key}_reason"):
+            if extra in sc.value:
+                row[extra] = sc.value[extra]
     return row
 
 
-def build_rows(store: Store) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """(result rows, unfinished (case, system) pipelines) of everything the run folder was asked for."""
+def build_rows(store: Store) -> tuple[list[dict[str, Any]], list[tuple[str, str, int]]]:
+    """(result rows, unfinished (case, system, attempt) pipelines) of everything the run folder was asked
+    for: one row per (case, system, attempt), in case, system, attempt order."""
     protocol = protocol_from_params(store.get_meta("protocol_obj"))
     fingerprint = store.get_meta("protocol")
     cases = store.get_meta("cases", {}) or {}
     systems = store.get_meta("systems", []) or []
+    attempts = _attempts(store)
     rows = store.all()
     out: list[dict[str, Any]] = []
-    unfinished: list[tuple[str, str]] = []
+    unfinished: list[tuple[str, str, int]] = []
     for case, info in cases.items():
         for system in systems:
-            stages = _pipeline_rows(rows, case, system, 1)
-            row = assemble_row(
-                case, info.get("category", "default"), system, 1, stages, protocol, fingerprint
-            )
-            if row is None:
-                unfinished.append((case, system))
-            else:
-                out.append(row)
+            for attempt in range(1, int(attempts.get(system, {}).get(case, 1)) + 1):
+                stages = _pipeline_rows(rows, case, system, attempt)
+                row = assemble_row(
+                    case, info.get("category", "default"), system, attempt, stages, protocol, fingerprint
+                )
+                if row is None:
+                    unfinished.append((case, system, attempt))
+                else:
+                    out.append(row)
     return out, unfinished
 
 
-def write_run_reports(run_dir: str | Path) -> tuple[Path, list[tuple[str, str]]]:
+def write_run_reports(run_dir: str | Path) -> tuple[Path, list[tuple[str, str, int]]]:
     """Rebuild rows and meta from the store and write the reports; returns (report.html, unfinished)."""
     from gen3deval.report import write_reports
 
@@ -195,60 +215,32 @@ def write_run_reports(run_dir: str | Path) -> tuple[Path, list[tuple[str, str]]]
 def stage_progress(store: Store) -> dict[tuple[str, str], dict[str, int]]:
     """{(stage, system): {"done", "failed", "left"}} of the work the run folder was asked for.
 
-    ``left`` counts stages still to run, including those whose upstream stage has not run yet (when
-    it will apply: ``execute`` only for programs, ``score`` only for cases with a reference).
-    ``reference`` rows have the system ``""``.
+    ``left`` counts stages still to run, including those whose upstream stage has not run yet when they
+    will apply (as far as known: ``execute`` for systems expected to write programs, ``score`` unless the
+    case turned out to have no reference). ``reference`` rows have the system ``""``; attempts add up.
     """
-    from gen3deval.systems.base import SYSTEMS
-
     protocol = protocol_from_params(store.get_meta("protocol_obj"))
     cases = store.get_meta("cases", {}) or {}
     systems = store.get_meta("systems", []) or []
-    spec = store.get_meta("spec", {}) or {}
-    kind_of = {s["label"]: s["name"] for s in spec.get("systems", [])}
+    attempts = _attempts(store)
+    contexts = _contexts(store, protocol)
     rows = store.all()
     out: dict[tuple[str, str], dict[str, int]] = {}
 
-    def count(stage: str, system: str, what: str) -> None:
+    def count(stage: str, system: str, state: str) -> None:
         c = out.setdefault((stage, system), {"done": 0, "failed": 0, "left": 0})
-        c[what] += 1
-
-    def status(r: StageRow | None) -> str:
-        return "left" if r is None else r.status
+        c["left" if state in pl.LEFT else state] += 1
 
     for case in cases:
-        ref = rows.get((case, REFERENCE_SYSTEM, 1, "reference"))
-        count("reference", "", status(ref))
-        ref_mesh = None if ref is None else (ref.ok and bool(ref.artifacts.get("mesh")))
+        ref = rows.get((case, REFERENCE_SYSTEM, 1, pl.REFERENCE))
+        count(pl.REFERENCE, REFERENCE_SYSTEM, pl.READY if ref is None else (pl.DONE if ref.ok else pl.FAILED))
         for system in systems:
-            if ref is not None and not ref.ok:
-                continue
-            gen = rows.get((case, system, 1, "generate"))
-            count("generate", system, status(gen))
-            output = "any"
-            name = kind_of.get(system)
-            if name is not None and name in SYSTEMS:
-                output = SYSTEMS.get(name).output
-            if gen is None:
-                is_program: bool | None = None if output == "any" else output == "program"
-            elif not gen.ok:
-                continue
-            else:
-                is_program = "program" in gen.artifacts
-            mesh_ok: bool | None = None if gen is None else (not is_program)
-            if is_program is not False:
-                ex = rows.get((case, system, 1, "execute"))
-                if is_program or ex is not None:
-                    count("execute", system, status(ex))
-                if ex is not None and not ex.ok:
-                    continue
-                mesh_ok = None if ex is None else True
-            if protocol.renders:
-                rn = rows.get((case, system, 1, "render"))
-                count("render", system, status(rn) if mesh_ok else "left")
-            if ref_mesh is not False:
-                sc = rows.get((case, system, 1, "score"))
-                count("score", system, status(sc) if mesh_ok else "left")
+            ctx = contexts.get(system, pl.Context(renders=protocol.renders))
+            for attempt in range(1, int(attempts.get(system, {}).get(case, 1)) + 1):
+                state = pl.states(_pipeline_rows(rows, case, system, attempt), ctx)
+                for stage in pl.PIPELINE_STAGES:
+                    if state[stage] in pl.COUNTED:
+                        count(stage, system, state[stage])
     return out
 
 

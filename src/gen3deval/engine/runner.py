@@ -1,36 +1,38 @@
-"""The run engine: plans the stages of every (case, system), skips finished ones, runs the rest with
-bounded concurrency and commits each result to the store.
+"""The run engine: plans the pipelines of every (case, system, attempt), skips finished stages, runs the
+rest with bounded concurrency and commits each result to the store.
 
-Pipeline per case: ``reference`` (once per case), then per system ``generate`` -> ``execute`` (programs
-only) -> ``render`` (when the protocol has a rig) -> ``score`` (when the case has a reference).
+The stages, their order and when each applies are defined once in :mod:`gen3deval.engine.pipeline`
+(``reference`` once per case, then per pipeline ``generate`` -> ``execute`` (programs) -> ``render`` (when
+the protocol has a rig) -> ``score`` (when the case has a reference)). A system makes ``attempts(case)``
+attempts; each is its own pipeline sharing the case's reference.
 
-Resume: a stage is done exactly when the store has its row with the same ``input_hash`` (its inputs:
-the case, the system spec, the protocol parameters and the artifacts of the stages it reads). Workers
-write into a scratch folder; the engine moves the files into the content-addressed artifact store and
-then commits the row in one transaction, so after ``kill -9`` at any moment a rerun redoes at most the
-stages that were in flight, and never a committed one.
+Resume: a stage is done exactly when the store has its row with the same ``input_hash`` (its key: the
+case, the system spec, the protocol parameters, the content of the files it reads -- the case's reference
+and image files, the system's outside inputs via ``input_fingerprint`` -- and the artifacts of the stages
+it reads). So a changed input file reruns exactly the pipelines that read it, and a byte-identical output
+of a rerun stage leaves the stages after it done. A failed stage with an unchanged key is not rerun unless
+``retry_failed``. Workers write into a scratch folder; the engine moves the files into the
+content-addressed artifact store and then commits the row in one transaction, so after ``kill -9`` at any
+moment a rerun redoes at most the stages that were in flight, and never a committed one.
 
 Concurrency: ``jobs`` worker processes (``spawn``ed, so no GL context or thread is inherited through a
 fork; each worker creates its own renderer), also for ``jobs=1``: a stage that crashes its process (a
 segfault in a native library, an OOM kill) is rerun alone and, if it dies again, failed with that reason
 while the run goes on. Later stages have priority over new cases, so results arrive steadily and a kill
-loses little.
+loses little; stages of one case run close together, so a worker's reference cache keeps hitting.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import heapq
-import multiprocessing
+import itertools
 import os
 import shutil
-import signal
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,16 +40,19 @@ from pathlib import Path
 from typing import Any
 
 from gen3deval.config import Protocol, SystemSpec, stable_hash
-from gen3deval.engine.artifacts import ArtifactStore
+from gen3deval.engine import pipeline as pl
+from gen3deval.engine.artifacts import ArtifactStore, content_digest
+from gen3deval.engine.pipeline import row_digest
 from gen3deval.engine.progress import NullProgress
-from gen3deval.engine.stages import UNEXPECTED_ERROR_CLASS, StageResult, run_stage
-from gen3deval.engine.store import REFERENCE_SYSTEM, STAGES, StageRow, Store
-from gen3deval.errors import ConfigError, UserInputError
+from gen3deval.engine.stages import UNEXPECTED_ERROR_CLASS, StageResult
+from gen3deval.engine.store import REFERENCE_SYSTEM, StageRow, Store
+from gen3deval.engine.workers import LOCK_NAME, RunLock, make_executor, work
+from gen3deval.errors import ConfigError, DependencyError
 from gen3deval.suites.base import Case
 
 TMP_DIR = "tmp"
-LOCK_NAME = ".lock"
-ATTEMPT = 1  # offline systems make one attempt; revision loops (vlm) will add more
+STAGES = pl.STAGES
+__all__ = ["LOCK_NAME", "CaseEntry", "Engine", "RunLock", "RunResult", "case_fingerprint", "row_digest"]
 
 
 @dataclass(frozen=True)
@@ -61,13 +66,31 @@ class CaseEntry:
 
 @dataclass(order=True)
 class _Task:
-    priority: tuple[int, int, int, int, int]
+    priority: tuple[int, ...]
     stage: str = field(compare=False)
     case: str = field(compare=False)
     system: str = field(compare=False)
+    attempt: int = field(compare=False)
     input_hash: str = field(compare=False)
     kwargs: dict[str, Any] = field(compare=False)
     crashes: int = field(default=0, compare=False)
+
+    @property
+    def label(self) -> str:
+        return _label(self.case, self.system, self.attempt)
+
+
+@dataclass
+class _Pipe:
+    """One (case, system, attempt) pipeline: the rows confirmed in this session (the reference apart),
+    the stages it counts in the progress totals and the stages queued."""
+
+    case: str
+    system: str
+    attempt: int
+    rows: dict[str, StageRow] = field(default_factory=dict)
+    counted: set[str] = field(default_factory=set)
+    queued: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -81,103 +104,18 @@ class RunResult:
     pending: int = 0
 
 
+def _label(case: str, system: str, attempt: int) -> str:
+    return f"{case} {system}".strip() + (f" #{attempt}" if attempt != 1 else "")
+
+
 def case_fingerprint(case: Case) -> str:
     d = dataclasses.asdict(case)
     d["meta"] = {"up": (case.meta or {}).get("up", "y")}
     return stable_hash(d)
 
 
-def row_digest(row: StageRow | None) -> str:
-    """What a downstream stage depends on: status + artifacts (content hashes) of an upstream row."""
-    if row is None:
-        return "-"
-    return stable_hash([row.status, row.artifacts])
-
-
-# --- worker processes -----------------------------------------------------------------------------------------
-
-
-def _watch_parent(parent: int) -> None:
-    # A SIGKILLed engine cannot stop its workers: they notice the orphaning and leave.
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent:
-            os._exit(0)
-
-
-def _worker_init(parent: int, threads: int, render_backend: str) -> None:
-    # Oversubscription guard: pykdtree (OpenMP) and llvmpipe would each start one thread per core per worker.
-    for var in ("OMP_NUM_THREADS", "LP_NUM_THREADS"):
-        os.environ.setdefault(var, str(threads))
-    # Ctrl-C goes to the whole process group: the engine handles it; workers leave when it does.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from gen3deval.engine.stages import set_render_backend
-
-    set_render_backend(render_backend)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-
-
-def _work(
-    stage: str,
-    kwargs: dict[str, Any],
-    workdir: str,
-    retries: int,
-    functions: dict[str, Callable[..., StageResult]] | None,
-) -> tuple[StageResult, float, float, int]:
-    return run_stage(stage, kwargs, workdir, retries=retries, functions=functions)
-
-
-class _InlineExecutor:
-    """The ``inline`` executor: runs each stage at submission, in this process (no crash isolation)."""
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        fut: Future[Any] = Future()
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as exc:  # KeyboardInterrupt must still stop the run
-            if not isinstance(exc, Exception):
-                raise
-            fut.set_exception(exc)
-        return fut
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        pass
-
-
-# --- the engine -----------------------------------------------------------------------------------------------
-
-
-class RunLock:
-    """An exclusive lock on a run folder (flock: released by the OS when the holder dies, even by kill -9)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / LOCK_NAME
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise UserInputError(
-                f"{self.path.parent}: another gen3deval run (pid {holder}) is using this run folder"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-
 class Engine:
-    """Runs the stages of ``cases`` x ``systems`` into ``run_dir`` under ``protocol``.
+    """Runs the pipelines of ``cases`` x ``systems`` x attempts into ``run_dir`` under ``protocol``.
 
     Args:
         run_dir: the run folder (store, artifacts, reports).
@@ -185,9 +123,13 @@ class Engine:
         protocol: the protocol; ``fingerprint`` its fingerprint dict (recorded in meta and every row).
         jobs: worker processes. retries: retries of transient errors per stage.
         progress: a reporter (see :mod:`gen3deval.engine.progress`).
+        retry_failed: rerun stages whose stored row failed even when their key is unchanged.
         functions: stage functions replacing :data:`~gen3deval.engine.stages.STAGE_FUNCTIONS` (tests,
             benchmarks; must be importable module-level functions when ``jobs > 1``).
         needs_reference: {system label: bool} overriding the systems' ``needs_reference`` (tests).
+        system_objects: {system label: object} answering the planning hooks (``attempts``,
+            ``input_fingerprint``, ``preflight``) instead of the registered system (tests). Systems that are
+            neither given nor registered (stand-in stage functions) make one attempt and read no files.
         inline: run the stages in this process, one at a time (tests, benchmarks). Otherwise they run in
             ``jobs`` worker processes even for ``jobs=1``, so a native crash in a stage (a segfault in a
             geometry library) fails that stage instead of killing the run.
@@ -204,8 +146,10 @@ class Engine:
         jobs: int = 1,
         retries: int = 2,
         progress: NullProgress | None = None,
+        retry_failed: bool = False,
         functions: dict[str, Callable[..., StageResult]] | None = None,
         needs_reference: dict[str, bool] | None = None,
+        system_objects: dict[str, Any] | None = None,
         inline: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
@@ -223,22 +167,32 @@ class Engine:
         self.protocol_hash = str(fingerprint.get("hash") or stable_hash(fingerprint))
         self.jobs = max(1, int(jobs))
         self.retries = retries
+        self.retry_failed = retry_failed
         self.progress = progress or NullProgress()
         self.functions = functions
         self.artifacts = ArtifactStore(self.run_dir)
-        self._needs_ref: dict[str, bool] = {}
+        self.warnings: list[str] = []  # from preflight (gen3deval.engine.build.preflight)
+        # System objects live in this process too: the planning hooks are asked here, before any work.
+        self.objects: dict[str, Any] = {}
         for s in self.systems:
+            if system_objects and s.label in system_objects:
+                self.objects[s.label] = system_objects[s.label]
+                continue
+            from gen3deval.systems.base import SYSTEMS, create_system
+
+            if s.name in SYSTEMS:
+                self.objects[s.label] = create_system(s.name, s.settings, base_dir=s.base_dir)
+        self._needs_ref: dict[str, bool] = {}
+        self._ctx: dict[str, pl.Context] = {}
+        for s in self.systems:
+            obj = self.objects.get(s.label)
             if needs_reference and s.label in needs_reference:
                 self._needs_ref[s.label] = needs_reference[s.label]
             else:
-                from gen3deval.systems.base import SYSTEMS
-
-                self._needs_ref[s.label] = bool(SYSTEMS.get(s.name).needs_reference)
-        self._outputs: dict[str, str] = {}
-        for s in self.systems:
-            from gen3deval.systems.base import SYSTEMS
-
-            self._outputs[s.label] = SYSTEMS.get(s.name).output if s.name in SYSTEMS else "any"
+                self._needs_ref[s.label] = bool(getattr(obj, "needs_reference", False))
+            output = getattr(obj, "output", "any")
+            program = True if output == "program" else False if output == "mesh" else None
+            self._ctx[s.label] = pl.Context(renders=protocol.renders, program=program)
         self._case_index = {c.key: i for i, c in enumerate(cases)}
         # Computed once: every stage of a case hands its dict to a worker and hashes it into its inputs.
         self._case_dict = {c.key: dataclasses.asdict(c.case) for c in cases}
@@ -246,6 +200,41 @@ class Engine:
         self._sys_dict = {s.label: s.to_dict() for s in self.systems}
         self._case_by_key = {c.key: c for c in cases}
         self._sys_index = {s.label: i for i, s in enumerate(self.systems)}
+        self._attempts: dict[tuple[str, str], int] | None = None
+
+    # -- planning hooks of the systems -----------------------------------------------------------
+    def needs_reference(self, system: str) -> bool:
+        """Whether the system (label) is handed the reference mesh (and cannot work without one)."""
+        return self._needs_ref[system]
+
+    def attempts(self) -> dict[tuple[str, str], int]:
+        """{(case key, system label): attempts}, asked of each system once (``System.attempts``)."""
+        if self._attempts is None:
+            out: dict[tuple[str, str], int] = {}
+            for s in self.systems:
+                obj = self.objects.get(s.label)
+                for c in self.cases:
+                    n = obj.attempts(c.case) if obj is not None else 1
+                    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                        raise ConfigError(
+                            f"system {s.label!r}: attempts({c.case.id!r}) = {n!r}, expected >= 1"
+                        )
+                    out[(c.key, s.label)] = n
+            self._attempts = out
+        return self._attempts
+
+    def _input_fingerprint(self, case: str, system: str, attempt: int) -> str:
+        obj = self.objects.get(system)
+        if obj is None:
+            return ""
+        try:
+            return str(obj.input_fingerprint(self._case_by_key[case].case, attempt))
+        except Exception as exc:  # an unreadable file: generate runs (again) and reports it
+            return f"error:{type(exc).__name__}:{exc}"
+
+    def _reference_files(self, case: Case) -> str:
+        """Digest of the content of the files the reference stage reads (reference mesh, input image)."""
+        return stable_hash([content_digest(p) if p else "-" for p in (case.ref_mesh, case.image)])
 
     # -- meta ------------------------------------------------------------------------------------
     def _check_and_write_meta(self, store: Store, suites: list[dict[str, Any]], spec: dict[str, Any]) -> None:
@@ -284,132 +273,161 @@ class Engine:
         names = {s["name"] for s in prev}
         store.set_meta("suites", prev + [s for s in suites if s["name"] not in names])
         store.set_meta("spec", spec)
+        # Attempts per (system, case) where not 1 (results and progress read them; the latest plan wins).
+        attempts = store.get_meta("attempts", {}) or {}
+        for s in self.systems:
+            per = attempts.setdefault(s.label, {})
+            for c in self.cases:
+                n = self.attempts()[(c.key, s.label)]
+                if n == 1:
+                    per.pop(c.key, None)
+                else:
+                    per[c.key] = n
+            if not per:
+                del attempts[s.label]
+        store.set_meta("attempts", attempts)
 
     # -- planning --------------------------------------------------------------------------------
     def _hash(self, *parts: Any) -> str:
         return stable_hash([self.params_hash, *parts])
 
-    def _done(self, stage: str, case: str, system: str, input_hash: str) -> StageRow | None:
-        row = self.rows.get((case, system, ATTEMPT, stage))
-        if row is not None and row.input_hash == input_hash:
-            return row
-        return None
-
     def _abs(self, rel: str | None) -> str | None:
         return str(self.run_dir / rel) if rel else None
 
-    def _push(self, stage: str, case: str, system: str, input_hash: str, kwargs: dict[str, Any]) -> None:
-        """Queue a stage, or follow straight on when the store says it is done already."""
-        row = self._done(stage, case, system, input_hash)
+    def _stored(self, stage: str, case: str, system: str, attempt: int, input_hash: str) -> StageRow | None:
+        """The stored row of a stage when it is finished for this key (a failed one unless retry_failed)."""
+        row = self.rows.get((case, system, attempt, stage))
+        if row is None or row.input_hash != input_hash or (self.retry_failed and not row.ok):
+            return None
+        return row
+
+    def _offer(
+        self, stage: str, case: str, system: str, attempt: int, input_hash: str, kwargs: dict[str, Any]
+    ) -> StageRow | None:
+        """The stored row when the stage is finished already (counted as skipped), else queue it: None."""
+        row = self._stored(stage, case, system, attempt, input_hash)
         if row is not None:
             self.skipped[stage] += 1
-            self.progress.update(stage, row.status, f"{case} {system}".strip(), skipped=True)
-            self._next(stage, case, system, row)
-            return
+            self.progress.update(stage, row.status, _label(case, system, attempt), skipped=True)
+            return row
         prio = (
             0,
             -STAGES.index(stage),
             self._case_index[case],
             self._sys_index.get(system, -1),
+            attempt,
             next(self._seq),
         )
-        heapq.heappush(self.ready, _Task(prio, stage, case, system, input_hash, kwargs))
+        heapq.heappush(self.ready, _Task(prio, stage, case, system, attempt, input_hash, kwargs))
+        return None
 
-    def _plan_reference(self, entry: CaseEntry) -> None:
-        kwargs = {"case": self._case_dict[entry.key], "protocol": self.params}
-        ih = self._hash("reference", self._case_fp[entry.key])
-        self._push("reference", entry.key, REFERENCE_SYSTEM, ih, kwargs)
-
-    def _cut(self, after: str, case: str, system: str, has_ref: bool, program: bool | None) -> None:
-        """Take the stages that will not run for this pipeline out of the progress totals."""
-        order = ["generate", "execute", "render", "score"]
-        later = order[order.index(after) + 1 :] if after in order else order
-        for st in later:
-            if st == "execute" and not (
-                program if program is not None else self._outputs[system] == "program"
-            ):
-                continue
-            if st == "render" and not self.protocol.renders:
-                continue
-            if st == "score" and not has_ref:
-                continue
-            self.progress.add_total(st, -1)
-
-    def _next(self, stage: str, case: str, system: str, row: StageRow) -> None:
-        """Queue what follows a finished stage."""
-        if stage == "reference":
-            has_ref = bool(row.ok and row.artifacts.get("mesh"))
-            if not has_ref:
-                # No score for this case: take it out of the totals (estimated with a reference).
-                for _ in self.systems:
-                    self.progress.add_total("score", -1)
-            digest = row_digest(row)
+    def _plan(self) -> dict[str, int]:
+        """Make every pipeline; returns the progress totals (estimated before the stages' rows exist)."""
+        self._ref: dict[str, StageRow] = {}  # reference rows confirmed in this session
+        self.pipes: dict[str, list[_Pipe]] = {c.key: [] for c in self.cases}
+        totals = dict.fromkeys(STAGES, 0)
+        totals[pl.REFERENCE] = len(self.cases)
+        attempts = self.attempts()
+        for c in self.cases:
             for s in self.systems:
-                if not row.ok:
-                    self._cut("reference", case, s.label, False, None)
+                # Attempts are independent today: all start when the reference is done (see pipeline.py).
+                for a in range(1, attempts[(c.key, s.label)] + 1):
+                    pipe = _Pipe(c.key, s.label, a)
+                    pipe.counted = pl.expected(pl.states({}, self._ctx[s.label]))
+                    for st in pipe.counted:
+                        totals[st] += 1
+                    self.pipes[c.key].append(pipe)
+        if not self.protocol.renders:
+            del totals[pl.RENDER]
+        return totals
+
+    def _start_case(self, entry: CaseEntry) -> None:
+        kwargs = {"case": self._case_dict[entry.key], "protocol": self.params}
+        ih = self._hash(pl.REFERENCE, self._case_fp[entry.key], self._reference_files(entry.case))
+        row = self._offer(pl.REFERENCE, entry.key, REFERENCE_SYSTEM, 1, ih, kwargs)
+        if row is not None:
+            self._finished(pl.REFERENCE, entry.key, REFERENCE_SYSTEM, 1, row)
+
+    def _finished(self, stage: str, case: str, system: str, attempt: int, row: StageRow) -> None:
+        """A stage has its row for this session (ran or skipped): move its pipelines on."""
+        if stage == pl.REFERENCE:
+            self._ref[case] = row
+            for pipe in self.pipes[case]:
+                self._advance(pipe)
+            return
+        pipe = self._pipe(case, system, attempt)
+        pipe.rows[stage] = row
+        pipe.queued.discard(stage)
+        self._advance(pipe)
+
+    def _pipe(self, case: str, system: str, attempt: int) -> _Pipe:
+        for pipe in self.pipes[case]:
+            if pipe.system == system and pipe.attempt == attempt:
+                return pipe
+        raise KeyError((case, system, attempt))
+
+    def _advance(self, pipe: _Pipe) -> None:
+        """Queue the stages of ``pipe`` that can run now, following straight on past finished ones, and
+        keep the progress totals to the stages that will run."""
+        ctx = self._ctx[pipe.system]
+        while True:
+            view = {pl.REFERENCE: self._ref[pipe.case], **pipe.rows}
+            state = pl.states(view, ctx)
+            counted = pl.expected(state)
+            for st in counted - pipe.counted:
+                self.progress.add_total(st, 1)
+            for st in pipe.counted - counted:
+                self.progress.add_total(st, -1)
+            pipe.counted = counted
+            moved = False
+            for stage, s in state.items():
+                if s != pl.READY or stage in pipe.queued:
                     continue
-                needs = self._needs_ref[s.label]
-                kwargs = {
-                    "case": self._case_dict[case],
-                    "system": self._sys_dict[s.label],
-                    "reference_mesh": self._abs(row.artifacts.get("mesh")) if needs else None,
-                    "ref_image": self._abs(row.artifacts.get("image")),
-                }
-                ih = self._hash("generate", self._case_fp[case], self._sys_dict[s.label], digest)
-                self._push("generate", case, s.label, ih, kwargs)
-            return
-        ref = self.rows.get((case, REFERENCE_SYSTEM, ATTEMPT, "reference"))
-        has_ref = bool(ref and ref.ok and ref.artifacts.get("mesh"))
-        if stage == "generate":
-            program = "program" in row.artifacts
-            expected_program = self._outputs[system] == "program"
-            if program != expected_program:
-                self.progress.add_total("execute", 1 if program else -1)
-            if not row.ok:
-                self._cut("generate", case, system, has_ref, program)
+                kwargs, ih = self._inputs(stage, pipe, view, ctx)
+                row = self._offer(stage, pipe.case, pipe.system, pipe.attempt, ih, kwargs)
+                if row is None:
+                    pipe.queued.add(stage)
+                else:
+                    pipe.rows[stage] = row
+                    moved = True
+            if not moved:
                 return
-            if program:
-                kwargs = {
-                    "program": self._abs(row.artifacts["program"]),
-                    "language": row.value.get("language", "threejs"),
-                    "limits": self.params["limits"],
-                }
-                self._push("execute", case, system, self._hash("execute", row_digest(row)), kwargs)
-                return
-            self._after_mesh(case, system, row, has_ref)
-            return
-        if stage == "execute":
-            if not row.ok:
-                self._cut("execute", case, system, has_ref, True)
-                return
-            self._after_mesh(case, system, row, has_ref)
-            return
-        if stage == "render":
-            mesh_row = self._mesh_row(case, system)
-            assert mesh_row is not None
-            self._push_score(case, system, mesh_row, row, has_ref)
-            return
 
-    def _mesh_row(self, case: str, system: str) -> StageRow | None:
-        gen = self.rows.get((case, system, ATTEMPT, "generate"))
-        if gen is not None and "program" in gen.artifacts:
-            return self.rows.get((case, system, ATTEMPT, "execute"))
-        return gen
-
-    def _after_mesh(self, case: str, system: str, mesh_row: StageRow, has_ref: bool) -> None:
-        if self.protocol.renders:
+    def _inputs(
+        self, stage: str, pipe: _Pipe, view: dict[str, StageRow], ctx: pl.Context
+    ) -> tuple[dict[str, Any], str]:
+        """(kwargs, key) of a pipeline stage; the key chains the digests of the rows it reads."""
+        digests = [row_digest(r) for r in pl.inputs(stage, view, ctx)]
+        kwargs: dict[str, Any]
+        ref = view[pl.REFERENCE]
+        case, system = pipe.case, pipe.system
+        if stage == pl.GENERATE:
+            fp = self._input_fingerprint(case, system, pipe.attempt)
+            # Attempt 1 of a system reading no outside files keeps the key of earlier versions.
+            extra = [] if pipe.attempt == 1 and not fp else [pipe.attempt, fp]
+            kwargs = {
+                "case": self._case_dict[case],
+                "system": self._sys_dict[system],
+                "reference_mesh": self._abs(ref.artifacts.get("mesh")) if self._needs_ref[system] else None,
+                "ref_image": self._abs(ref.artifacts.get("image")),
+                "attempt": pipe.attempt,
+            }
+            return kwargs, self._hash(stage, self._case_fp[case], self._sys_dict[system], *extra, *digests)
+        if stage == pl.EXECUTE:
+            gen = view[pl.GENERATE]
+            kwargs = {
+                "program": self._abs(gen.artifacts["program"]),
+                "language": gen.value.get("language", "threejs"),
+                "limits": self.params["limits"],
+            }
+            return kwargs, self._hash(stage, *digests)
+        mesh_row = view[pl.mesh_stage(view, ctx)]
+        if stage == pl.RENDER:
             kwargs = {"mesh": self._abs(mesh_row.artifacts["mesh"]), "protocol": self.params}
-            self._push("render", case, system, self._hash("render", row_digest(mesh_row)), kwargs)
-        else:
-            self._push_score(case, system, mesh_row, None, has_ref)
-
-    def _push_score(
-        self, case: str, system: str, mesh_row: StageRow, render_row: StageRow | None, has_ref: bool
-    ) -> None:
-        if not has_ref:
-            return
-        ref = self.rows[(case, REFERENCE_SYSTEM, ATTEMPT, "reference")]
-        renders = render_row.artifacts.get("renders") if render_row is not None and render_row.ok else None
+            return kwargs, self._hash(stage, *digests)
+        assert stage == pl.SCORE, stage
+        render = view.get(pl.RENDER)
+        renders = render.artifacts.get("renders") if render is not None and render.ok else None
         kwargs = {
             "candidate_mesh": self._abs(mesh_row.artifacts["mesh"]),
             "reference_mesh": self._abs(ref.artifacts["mesh"]),
@@ -417,8 +435,7 @@ class Engine:
             "reference_renders": [self._abs(p) for p in ref.artifacts.get("renders", [])] or None,
             "protocol": self.params,
         }
-        ih = self._hash("score", row_digest(mesh_row), row_digest(render_row), row_digest(ref))
-        self._push("score", case, system, ih, kwargs)
+        return kwargs, self._hash(stage, *digests)
 
     # -- committing ------------------------------------------------------------------------------
     def _commit(
@@ -444,7 +461,7 @@ class Engine:
         row = store.put(
             case=task.case,
             system=task.system,
-            attempt=ATTEMPT,
+            attempt=task.attempt,
             stage=task.stage,
             status=result.status,
             input_hash=task.input_hash,
@@ -460,24 +477,14 @@ class Engine:
 
     # -- the loop --------------------------------------------------------------------------------
     def _make_executor(self) -> Any:
-        if self.inline:
-            from gen3deval.engine.stages import set_render_backend
-
-            set_render_backend(self.render_backend)
-            return _InlineExecutor()
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
-        return ProcessPoolExecutor(
-            max_workers=self.jobs,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init,
-            initargs=(os.getpid(), threads, self.render_backend),
-        )
+        return make_executor(self.inline, self.jobs, self.render_backend)
 
     def run(
         self, *, suites: list[dict[str, Any]] | None = None, spec: dict[str, Any] | None = None
     ) -> RunResult:
         """Run (or resume) everything; returns the counts. Holds the run folder's lock meanwhile."""
         t0 = time.time()
+        self.attempts()  # the systems' plans, before the folder is touched
         lock = RunLock(self.run_dir)
         lock.acquire()
         tmp = self.run_dir / TMP_DIR
@@ -497,18 +504,7 @@ class Engine:
         result.seconds = time.time() - t0
         return result
 
-    def _totals(self) -> dict[str, int]:
-        n_pipes = len(self.cases) * len(self.systems)
-        n_prog = len(self.cases) * sum(1 for s in self.systems if self._outputs[s.label] == "program")
-        totals = {"reference": len(self.cases), "generate": n_pipes, "execute": n_prog}
-        if self.protocol.renders:
-            totals["render"] = n_pipes
-        totals["score"] = n_pipes
-        return totals
-
     def _loop(self, store: Store, tmp: Path) -> RunResult:
-        import itertools
-
         self.rows: dict[tuple[str, str, int, str], StageRow] = store.all()
         self.ready: list[_Task] = []
         self._seq = itertools.count()
@@ -516,9 +512,9 @@ class Engine:
         self.skipped = dict.fromkeys(STAGES, 0)
         ran = dict.fromkeys(STAGES, 0)
         failed = dict.fromkeys(STAGES, 0)
-        self.progress.start(self._totals())
+        self.progress.start(self._plan())
         for entry in self.cases:
-            self._plan_reference(entry)
+            self._start_case(entry)
         executor = self._make_executor()
         inflight: dict[Future[Any], tuple[_Task, Path]] = {}
         max_inflight = 1 if self.inline else 2 * self.jobs
@@ -533,7 +529,7 @@ class Engine:
                     task = heapq.heappop(self.ready)
                     workdir = self._scratch.pop() if self._scratch else tmp / f"w{next(self._seq)}"
                     fut = executor.submit(
-                        _work, task.stage, task.kwargs, str(workdir), self.retries, self.functions
+                        work, task.stage, task.kwargs, str(workdir), self.retries, self.functions
                     )
                     inflight[fut] = (task, workdir)
                 done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
@@ -547,6 +543,8 @@ class Engine:
                     except BrokenProcessPool:
                         lost.append(task)
                         continue
+                    except DependencyError:
+                        raise  # a runtime went missing mid-run: stop (committed rows are kept), never a case failure
                     except Exception as exc:  # pickling errors and the like: a failed stage, not a dead run
                         result = StageResult.fail("runtime", f"engine: {type(exc).__name__}: {exc}")
                         started = finished = time.time()
@@ -578,12 +576,12 @@ class Engine:
                     ran[task.stage] += 1
                     if not row.ok:
                         failed[task.stage] += 1
-                    self.progress.update(task.stage, row.status, f"{task.case} {task.system}".strip())
+                    self.progress.update(task.stage, row.status, task.label)
                     if not row.ok:
                         self.progress.log(
-                            f"failed: {task.stage} {task.case} {task.system}: [{row.error_class}] {row.error}"
+                            f"failed: {task.stage} {task.label}: [{row.error_class}] {row.error}"
                         )
-                    self._next(task.stage, task.case, task.system, row)
+                    self._finished(task.stage, task.case, task.system, task.attempt, row)
         except BaseException:
             # Interrupted (Ctrl-C) or failing: stop the workers now rather than after their current stage.
             for proc in list((getattr(executor, "_processes", None) or {}).values()):

@@ -10,11 +10,13 @@ Stages and their outputs (``files`` names -> artifact names in the store):
 - ``reference(case, protocol)``: load (or execute) the reference, store it as a canonical GLB
   (``mesh``), render it with the protocol's rig (``renders``, RGBA PNG) and provide the reference image
   (``image``: the case's input image, or a render with ``ref_rig`` when the case has none).
-- ``generate(case, system, reference_mesh, ref_image)``: the system's candidate: a mesh file (validated,
-  kept as GLB: ``mesh``) or a program (``program``).
+- ``generate(case, system, reference_mesh, ref_image, attempt)``: the system's candidate for ``attempt``
+  (1-based): a mesh file (validated, kept as GLB: ``mesh``) or a program (``program``).
 - ``execute(program, language, limits)``: run a program in the sandbox -> ``mesh`` (programs only).
 - ``render(mesh, protocol)``: candidate views with the protocol's rig (``renders``).
 - ``score(candidate_mesh, reference_mesh, candidate_renders, reference_renders, protocol)``: the metrics.
+  The reference's loaded mesh and surface samples are cached per worker process (a few entries, keyed by
+  the artifact path, which is its content hash): a case's systems and attempts share them.
 
 Failures are values too: ``StageResult(status="failed", error_class=..., error=...)``.
 """
@@ -26,6 +28,7 @@ import math
 import shutil
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from gen3deval.errors import MeshLoadError
+from gen3deval.errors import DependencyError, MeshLoadError
 
 # Error classes for failures that are not a program's (the contract of result rows).
 MISSING_OUTPUT = "missing_output"
@@ -222,6 +225,9 @@ def _finite(x: Any) -> float | None:
 def stage_reference(case: dict[str, Any], protocol: dict[str, Any], workdir: Path) -> StageResult:
     """Load or execute the reference, render it, provide the reference image."""
     c = case_from_dict(case)
+    # The suite loader found the input unusable (e.g. a corrupt image): the case fails, naming the file.
+    if c.meta and c.meta.get("input_error"):
+        return StageResult.fail(REFERENCE_ERROR, str(c.meta["input_error"]))
     files: dict[str, str | list[str]] = {}
     value: dict[str, Any] = {"has_reference": False}
     mesh = None
@@ -276,8 +282,9 @@ def stage_generate(
     reference_mesh: str | None,
     ref_image: str | None,
     workdir: Path,
+    attempt: int = 1,
 ) -> StageResult:
-    """Ask the system for a candidate; a mesh candidate is validated and kept as GLB."""
+    """Ask the system for its candidate of ``attempt``; a mesh candidate is validated and kept as GLB."""
     from gen3deval.systems.base import GenerationFailed
 
     c = case_from_dict(case)
@@ -290,7 +297,7 @@ def stage_generate(
 
         reference = load_mesh(reference_mesh)
     try:
-        cand = sys_obj.generate(c, reference, workdir)
+        cand = sys_obj.generate(c, reference, workdir, attempt=attempt)
     except GenerationFailed as exc:
         return StageResult.fail(exc.error_class, exc.message)
     value: dict[str, Any] = {"kind": cand.kind, "meta": cand.meta}
@@ -341,6 +348,38 @@ def stage_render(mesh: str, protocol: dict[str, Any], workdir: Path) -> StageRes
     return StageResult(value=value, files={"renders": write_views_png(views, workdir, "cand")})
 
 
+# Prepared references of this process: {(artifact path, normalize, samples, seed): PreparedReference or Mesh}.
+_REFERENCES: OrderedDict[tuple[str, str, int, int], Any] = OrderedDict()
+REFERENCE_CACHE_SIZE = 4
+
+
+def prepared_reference(path: str, protocol: dict[str, Any]) -> Any:
+    """The reference of the score stage, loaded and sampled once per worker process.
+
+    ``compare.prepare_reference`` when this version has it (mesh, normalised mesh and surface samples),
+    else the loaded Mesh. An artifact path names its content, so the path is the cache key; the stages of
+    a case run close together, so a small LRU holds every system's and attempt's reference.
+    """
+    from gen3deval import compare as compare_module
+
+    prepare = getattr(compare_module, "prepare_reference", None)
+    key = (path, str(protocol["normalize"]), int(protocol["samples"]), int(protocol["seed"]))
+    hit = _REFERENCES.get(key)
+    if hit is not None:
+        _REFERENCES.move_to_end(key)
+        return hit
+    if prepare is not None:
+        ref = prepare(path, normalize=key[1], samples=key[2], seed=key[3])
+    else:
+        from gen3deval.mesh.io import load_mesh
+
+        ref = load_mesh(path)
+    _REFERENCES[key] = ref
+    while len(_REFERENCES) > REFERENCE_CACHE_SIZE:
+        _REFERENCES.popitem(last=False)
+    return ref
+
+
 def stage_score(
     candidate_mesh: str,
     reference_mesh: str,
@@ -351,18 +390,16 @@ def stage_score(
 ) -> StageResult:
     """Geometry metrics (gen3deval.compare) and image metrics of the stored renders."""
     from gen3deval.compare import compare
-    from gen3deval.mesh.io import load_mesh
-
-    cand = load_mesh(candidate_mesh)
-    ref = load_mesh(reference_mesh)
     from gen3deval.config import protocol_from_params
+    from gen3deval.mesh.io import load_mesh
 
     geometry = protocol_from_params(protocol).geometry_keys()
     value: dict[str, Any] = {}
     if geometry:
+        cand = load_mesh(candidate_mesh)
         scores = compare(
             cand,
-            ref,
+            prepared_reference(reference_mesh, protocol),
             normalize=protocol["normalize"],
             align=protocol["align"],
             samples=int(protocol["samples"]),
@@ -460,6 +497,8 @@ def run_stage(
             cls = REFERENCE_ERROR if stage == "reference" else LOAD_ERROR
             result = StageResult.fail(cls, str(exc))
             break
+        except DependencyError:
+            raise  # the environment, not this case: the engine stops the run with the fix
         except Exception as exc:
             tb = traceback.format_exc(limit=-4)
             result = StageResult.fail(

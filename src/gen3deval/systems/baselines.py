@@ -173,6 +173,7 @@ class BBoxSystem(System):
     description: ClassVar[str] = "Three.js: one box with the reference's extents and centre"
     needs_reference: ClassVar[bool] = True
     output: ClassVar[str] = "program"
+    language: ClassVar[str] = "threejs"  # the runtime the run checks before any work
 
     def generate(self, case: Case, reference: Mesh | None, workdir: Path, attempt: int = 1) -> Candidate:
         ref = _need(reference, self.name, case)
@@ -193,6 +194,7 @@ class BoxesSystem(System):
     description: ClassVar[str] = "Three.js: up to n boxes (default 64) merged from a coarse voxelisation"
     needs_reference: ClassVar[bool] = True
     output: ClassVar[str] = "program"
+    language: ClassVar[str] = "threejs"  # the runtime the run checks before any work
     settings_schema: ClassVar[dict[str, tuple[Any, Any]]] = {"n": (int, 64), "resolution": (int, 16)}
 
     @classmethod
@@ -233,6 +235,7 @@ class SphereSystem(System):
     description: ClassVar[str] = "Three.js: a sphere at the reference's bbox centre and radius"
     needs_reference: ClassVar[bool] = True
     output: ClassVar[str] = "program"
+    language: ClassVar[str] = "threejs"  # the runtime the run checks before any work
 
     def generate(self, case: Case, reference: Mesh | None, workdir: Path, attempt: int = 1) -> Candidate:
         ref = _need(reference, self.name, case)

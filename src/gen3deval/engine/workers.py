@@ -1,0 +1,112 @@
+"""The engine's process plumbing: the run folder's lock and the executors that run stages (spawned worker
+processes that leave when the engine dies, or inline in the engine's process for tests and benchmarks)."""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from gen3deval.engine.stages import StageResult, run_stage
+from gen3deval.errors import UserInputError
+
+LOCK_NAME = ".lock"
+
+
+def _watch_parent(parent: int) -> None:
+    # A SIGKILLed engine cannot stop its workers: they notice the orphaning and leave.
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def _worker_init(parent: int, threads: int, render_backend: str) -> None:
+    # Oversubscription guard: pykdtree (OpenMP) and llvmpipe would each start one thread per core per worker.
+    for var in ("OMP_NUM_THREADS", "LP_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    # Ctrl-C goes to the whole process group: the engine handles it; workers leave when it does.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from gen3deval.engine.stages import set_render_backend
+
+    set_render_backend(render_backend)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def work(
+    stage: str,
+    kwargs: dict[str, Any],
+    workdir: str,
+    retries: int,
+    functions: dict[str, Callable[..., StageResult]] | None,
+) -> tuple[StageResult, float, float, int]:
+    return run_stage(stage, kwargs, workdir, retries=retries, functions=functions)
+
+
+class _InlineExecutor:
+    """The ``inline`` executor: runs each stage at submission, in this process (no crash isolation)."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # KeyboardInterrupt must still stop the run
+            if not isinstance(exc, Exception):
+                raise
+            fut.set_exception(exc)
+        return fut
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+class RunLock:
+    """An exclusive lock on a run folder (flock: released by the OS when the holder dies, even by kill -9)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserInputError(
+                f"{self.path.parent}: another gen3deval run (pid {holder}) is using this run folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def make_executor(inline: bool, jobs: int, render_backend: str) -> Any:
+    """The executor of a run: inline, or ``jobs`` spawned workers pinned to ``render_backend``."""
+    if inline:
+        from gen3deval.engine.stages import set_render_backend
+
+        set_render_backend(render_backend)
+        return _InlineExecutor()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    return ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(os.getpid(), threads, render_backend),
+    )
