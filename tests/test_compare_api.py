@@ -55,17 +55,29 @@ def test_analytic_spheres_without_normalisation():
     assert r["normal_consistency"] > 0.999
     # polyhedra inscribed in the spheres: IoU = volume ratio (0.5/0.53)^3 to the tessellation error
     assert r["volume_iou"] == pytest.approx((0.5 / 0.53) ** 3, abs=2e-3)
-    # bbox normalisation makes the two spheres the same shape
+    # bbox normalisation makes the two spheres the same shape: what is left is the sampling noise of two
+    # independent clouds (see test_identical_meshes_score_the_sampling_noise)
     rn = compare(M(SPHERE), M(BIG_SPHERE), samples=30_000)
-    assert rn["chamfer_l1"] < 1e-9 and rn["volume_iou"] == pytest.approx(1.0, abs=1e-9)
+    assert rn["chamfer_l1"] == pytest.approx(poisson_chamfer_l1(M(SPHERE), 30_000), rel=0.05)
+    assert rn["volume_iou"] == pytest.approx(1.0, abs=1e-9)
+
+
+def poisson_chamfer_l1(mesh: Mesh, n: int) -> float:
+    """chamfer_l1 of two independent uniform n-point samples of the same bbox-normalised surface of area A:
+    the mean nearest-neighbour distance of a planar Poisson process of density n/A, 1/(2 sqrt(n/A))."""
+    from gen3deval.mesh.normalize import normalize
+
+    area = float(normalize(mesh, "bbox")[0].face_areas().sum())
+    return 0.5 * float(np.sqrt(area / n))
 
 
 def test_identical_meshes_are_perfect():
     r = compare(M(TORUS), M(TORUS), samples=5000, metrics=[*default_metric_keys(), "best_iou"])
-    for key in ("chamfer_l1", "chamfer_l2", "chamfer_l2_sum", "hausdorff"):
-        assert r[key] == 0.0
-    assert r["fscore@0.01"] == r["fscore@0.05"] == 1.0
-    assert r["normal_consistency"] == pytest.approx(1.0, abs=1e-12)
+    # independent samples of the same surface: distances are the sampling noise, not 0 (PROTOCOLS.md 4)
+    assert r["chamfer_l1"] == pytest.approx(poisson_chamfer_l1(M(TORUS), 5000), rel=0.1)
+    assert 0 < r["hausdorff"] < 0.05
+    assert r["fscore@0.05"] == 1.0
+    assert r["normal_consistency"] > 0.99
     assert r["volume_iou"] == pytest.approx(1.0, abs=1e-12)
     assert r["best_iou"] == pytest.approx(1.0, abs=1e-9)
     assert r["best_iou_method"] == "exact" and len(r["best_iou_alignment"]["matrix"]) == 4
@@ -156,5 +168,6 @@ def test_package_level_names_stay_callable():
     import gen3deval.mesh.align
 
     m = M(SPHERE)
-    assert gen3deval.compare(m, m, samples=500, metrics=["chamfer_l1"])["chamfer_l1"] == 0.0
+    got = gen3deval.compare(m, m, samples=500, metrics=["chamfer_l1"])["chamfer_l1"]
+    assert got == gen3deval.compare.compare(m, m, samples=500, metrics=["chamfer_l1"])["chamfer_l1"] > 0
     assert np.array_equal(gen3deval.mesh.align(m, m, "none")[1], np.eye(4))

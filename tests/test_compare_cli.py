@@ -44,9 +44,10 @@ def test_identical_object_scores_perfect(capsys):
     path = LOWPOLY / lowpoly_sample(1)[5]["path"]
     assert main(["compare", str(path), str(path), "--json", "--samples", "20000"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["chamfer_l1"] == 0 and out["hausdorff"] == 0
-    assert out["fscore@0.01"] == 1 and out["normal_consistency"] == pytest.approx(1)
-    assert out["volume_iou"] == pytest.approx(1)
+    # independent samples of one surface: Chamfer is the sampling noise (PROTOCOLS.md section 4), not 0
+    assert 0 < out["chamfer_l1"] < 0.01 and 0 < out["hausdorff"] < 0.1
+    assert out["fscore@0.05"] == 1 and out["normal_consistency"] > 0.95
+    assert out["volume_iou"] == 1
 
 
 def test_spheres_through_the_cli(tmp_path, capsys):

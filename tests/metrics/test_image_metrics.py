@@ -63,7 +63,7 @@ def test_identical_images():
     rng = np.random.default_rng(1)
     a = rand_img(rng)
     assert mse(a, a) == 0.0
-    assert psnr(a, a) == math.inf
+    assert psnr(a, a) == 100.0  # capped (PROTOCOLS.md section 7): never inf
     assert ssim(a, a) == pytest.approx(1.0, abs=1e-12)
     alpha = rng.random(a.shape[:2]).astype(np.float32)
     assert silhouette_iou(alpha, alpha) == 1.0
@@ -94,7 +94,13 @@ def test_image_metrics_averages_views():
         np.mean([silhouette_iou(a.alpha, b.alpha) for a, b in zip(va, vb, strict=True)])
     )
     same = image_metrics(va, va)
-    assert same["mse"] == 0.0 and same["psnr"] == math.inf
+    assert same["mse"] == 0.0 and same["psnr"] == 100.0
+    # one identical view of three: the mean stays finite (the cap), as the inf aggregates did not
+    mixed = image_metrics(va, [va[0], *vb[1:]])
+    expected = (
+        100.0 + sum(10 * math.log10(1 / mse(a.rgb, b.rgb)) for a, b in zip(va[1:], vb[1:], strict=True))
+    ) / 3
+    assert mixed["psnr"] == pytest.approx(expected, rel=1e-12) and math.isfinite(mixed["psnr"])
     assert same["ssim"] == pytest.approx(1.0) and same["silhouette_iou"] == 1.0
 
 
@@ -123,3 +129,14 @@ def test_errors():
             [FakeView(a, np.zeros(a.shape[:2])), FakeView(a, np.zeros(a.shape[:2]))],
             [FakeView(a, np.zeros(a.shape[:2])), FakeView(a[:20], np.zeros((20, a.shape[1])))],
         )
+
+
+def test_psnr_cap_only_at_the_top():
+    from gen3deval.metrics.base import PSNR_CAP_DB, metric_info
+    from gen3deval.metrics.image import psnr_from_mse
+
+    assert PSNR_CAP_DB == 100.0 and "100" in metric_info("psnr").description
+    assert psnr_from_mse(0.0) == 100.0 and psnr_from_mse(1e-12) == 100.0
+    # one 8-bit level everywhere: 20 log10(255) = 48.13 dB, untouched by the cap
+    assert psnr_from_mse((1 / 255) ** 2) == pytest.approx(20 * math.log10(255), rel=1e-12)
+    assert psnr_from_mse(1.0) == 0.0

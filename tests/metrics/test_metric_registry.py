@@ -37,6 +37,7 @@ def test_every_key_is_registered_with_metadata():
         assert isinstance(spec, MetricSpec) and spec.key == key == spec.name
         assert spec.display and spec.unit and spec.description
         assert spec.inputs in (("points",), ("points", "normals"), ("mesh",), ("images",))
+        assert spec.available
         d = spec.to_dict()
         assert set(d) >= {"higher_is_better", "unit", "display"}
     lower = {"chamfer_l1", "chamfer_l2", "chamfer_l2_sum", "hausdorff", "mse"}
@@ -84,3 +85,63 @@ def test_mesh_metric_functions_agree():
     m1, m2 = Mesh.from_arrays(s1.vertices, s1.faces), Mesh.from_arrays(s2.vertices, s2.faces)
     assert metric_info("volume_iou")(m1, m2) == volume_iou(m1, m2)[0]
     assert metric_info("best_iou")(m1, m2) == best_iou(m1, m2)[0]
+
+
+# ------------------------------------------------------------------------- issue 8: the single source ---
+def test_every_row_key_is_described_with_aggregate_and_worst():
+    import math
+
+    from gen3deval.metrics.base import UNAVAILABLE_METRICS
+
+    keys = [*ALL_KEYS, "fscore@0.1", "fscore@0.0100001", *UNAVAILABLE_METRICS]
+    for key in keys:
+        spec = metric_info(key)
+        assert spec.aggregate in ("mean", "median"), key
+        if spec.higher_is_better:  # bounded scores: mean, failures at the bottom of the range
+            assert spec.aggregate == "mean" and math.isfinite(spec.worst), key
+        elif spec.aggregate == "median":  # unbounded distances
+            assert spec.worst == math.inf, key
+    assert {k: metric_info(k).worst for k in ("volume_iou", "best_iou", "ssim", "psnr", "mse")} == {
+        "volume_iou": 0.0, "best_iou": 0.0, "ssim": -1.0, "psnr": 0.0, "mse": 1.0,
+    }  # fmt: skip
+    assert metric_info("chamfer_l2").to_dict()["worst"] is None  # +inf, JSON-safe
+    for key in UNAVAILABLE_METRICS:
+        spec = metric_info(key)
+        assert not spec.available and spec.unavailable == UNAVAILABLE_METRICS[key] and key not in METRICS
+        with pytest.raises(UserInputError, match="not available"):
+            spec()
+    assert metric_info("lpips").higher_is_better is False and metric_info("clip_score").higher_is_better
+
+
+def test_config_and_compare_lists_come_from_the_registry():
+    from gen3deval import compare, config
+    from gen3deval.metrics import base
+
+    assert config.GEOMETRY_METRICS == (
+        "chamfer_l1", "chamfer_l2", "chamfer_l2_sum", "hausdorff", "fscore", "normal_consistency",
+        "volume_iou", "best_iou",
+    )  # fmt: skip
+    assert config.IMAGE_METRICS == base.IMAGE_KEYS == ("mse", "psnr", "ssim", "silhouette_iou")
+    assert config.UNAVAILABLE_METRICS == base.UNAVAILABLE_METRICS
+    assert set(compare.GEOMETRY_METRIC_KEYS) | {"fscore"} == set(config.GEOMETRY_METRICS)
+    assert config.fscore_key is base.fscore_key
+    # every key a default-protocol row has is described
+    for key in config.get_protocol("default").metric_keys():
+        assert metric_info(key).key == key
+
+
+def test_fscore_keys_are_lossless():
+    from gen3deval.metrics.base import fscore_key
+    from gen3deval.metrics.geometry import parse_fscore_threshold
+
+    assert [fscore_key(t) for t in (0.01, 0.02, 0.05, 0.1, 1e-5)] == [
+        "fscore@0.01", "fscore@0.02", "fscore@0.05", "fscore@0.1", "fscore@1e-05",
+    ]  # fmt: skip
+    # %g kept 6 digits: 0.01 and 0.01000001 both became fscore@0.01
+    assert fscore_key(0.01000001) != fscore_key(0.01) and fscore_key(0.0100001) == "fscore@0.0100001"
+    rng = np.random.default_rng(0)
+    ts = np.concatenate([rng.random(2000) * 0.1, 0.01 + np.arange(1, 50) * 1e-12])
+    keys = [fscore_key(float(t)) for t in ts]
+    assert len(set(keys)) == len(set(ts.tolist()))
+    for t, key in zip(ts, keys, strict=True):
+        assert parse_fscore_threshold(key) == float(t)

@@ -8,7 +8,15 @@ import trimesh
 
 from gen3deval.errors import UserInputError
 from gen3deval.mesh.types import Mesh
-from gen3deval.metrics.volume import best_iou, grid_iou, occupancy, to_manifold, volume_iou
+from gen3deval.metrics.volume import (
+    best_iou,
+    grid_iou,
+    occupancy,
+    self_intersects,
+    to_manifold,
+    volume_iou,
+    volume_iou_detail,
+)
 
 
 def M(tm: trimesh.Trimesh) -> Mesh:
@@ -108,11 +116,19 @@ def test_cavity_is_subtracted():
     assert method == "exact" and iou == pytest.approx(0.875, abs=1e-12)
 
 
-def test_zero_volume_surfaces():
-    # a single square: no volume anywhere -> IoU 0 (empty union), via the grid
+def test_zero_volume_surfaces_are_undefined_never_zero():
+    # a single square: no volume anywhere -> IoU undefined (None, with the reason), never 0
     sq = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], [[0, 1, 2], [0, 2, 3]])
     iou, method = volume_iou(M(sq), M(sq))
-    assert method == "grid" and iou == 0.0
+    assert method == "undefined" and iou is None
+    r = volume_iou_detail(M(sq), M(sq))
+    assert r.value is None and "neither mesh encloses" in r.reason
+    # a reference without volume: undefined for any candidate, a solid one included
+    r = volume_iou_detail(M(CUBE), M(sq))
+    assert r.value is None and r.method == "undefined" and "the reference encloses no volume" in r.reason
+    # a candidate without volume against a solid reference scores 0: it misses the whole volume
+    assert volume_iou(M(sq), M(CUBE)) == (0.0, "grid")
+    assert best_iou(M(sq), M(sq))[:2] == (None, "undefined")
 
 
 def test_best_iou_recovers_rotation_but_not_mirror():
@@ -144,7 +160,8 @@ def test_bad_inputs():
 
 def _grid_vs_exact(rows, tolerance: float) -> int:
     """For every watertight object: exact IoU with a shifted copy vs the grid method at 128^3 (real data
-    cross-check of the grid fallback). Non-watertight objects must still give a grid IoU in [0, 1]."""
+    cross-check of the grid fallback). Non-watertight objects must still give a grid IoU in [0, 1], or
+    undefined (None) when they enclose no volume."""
     from gen3deval.mesh.io import load_mesh
     from gen3deval.mesh.normalize import normalize
     from testdata import LOWPOLY
@@ -156,7 +173,7 @@ def _grid_vs_exact(rows, tolerance: float) -> int:
         mesh, _ = normalize(load_mesh(LOWPOLY / row["path"]))
         moved = mesh.transformed(shift)
         iou, method = volume_iou(mesh, moved)
-        assert 0.0 <= iou <= 1.0, row["id"]
+        assert (method == "undefined" and iou is None) or 0.0 <= iou <= 1.0, row["id"]
         if method == "exact":
             assert grid_iou(mesh, moved, 128) == pytest.approx(iou, abs=tolerance), row["id"]
             checked += 1
@@ -166,8 +183,10 @@ def _grid_vs_exact(rows, tolerance: float) -> int:
 def test_grid_agrees_with_exact_on_real_objects():
     from testdata import lowpoly_manifest
 
-    # the first two watertight objects of the manifest (a character and an animal): measured |diff| < 0.001
-    rows = [r for r in lowpoly_manifest() if r["id"] in ("quaternius_female_walking", "quaternius_sheep")]
+    # two watertight characters whose shells do not cross themselves: measured |diff| < 0.001
+    rows = [
+        r for r in lowpoly_manifest() if r["id"] in ("quaternius_woman_standing_waving", "quaternius_sheep")
+    ]
     assert _grid_vs_exact(rows, tolerance=0.01) == 2
 
 
@@ -199,3 +218,117 @@ def test_open_mesh_that_crashed_manifold3d_falls_back_to_the_grid():
     mesh = Mesh.from_arrays(v, f)
     iou, method = volume_iou(mesh, mesh, resolution=32)
     assert method == "grid" and 0.0 <= iou <= 1.0
+
+
+# ------------------------------------------------------------------ issue 8: IoU(A, A), undefined, shapes ---
+def _lowpoly(ids):
+    from gen3deval.mesh.io import load_mesh
+    from gen3deval.mesh.normalize import normalize
+    from testdata import LOWPOLY, lowpoly_manifest
+
+    rows = {r["id"]: r for r in lowpoly_manifest()}
+    return {i: normalize(load_mesh(LOWPOLY / rows[i]["path"]))[0] for i in ids}
+
+
+def _assert_identity(mesh, name):
+    r = volume_iou_detail(mesh, mesh)
+    if r.method == "undefined":
+        assert r.value is None and r.reason, name
+    else:
+        assert r.value is not None and 1.0 - 1e-12 <= r.value <= 1.0, (name, r)
+    return r
+
+
+def test_self_crossing_characters_are_one_with_themselves():
+    # One welded shell each, crossing itself (arms through the body): manifold3d counted the overlap twice
+    # and gave IoU(A, A) = 1.012, 1.0001, 1.00000007 before; such shells now go to the grid (exactly 1).
+    meshes = _lowpoly(["quaternius_female_sitting_cheering", "quaternius_pig", "quaternius_llama"])
+    for name, mesh in meshes.items():
+        from gen3deval.metrics.volume import _merged
+
+        assert self_intersects(*_merged(mesh)) is True, name
+        assert to_manifold(mesh) is None, name
+        assert _assert_identity(mesh, name) == volume_iou_detail(mesh, mesh) and volume_iou(mesh, mesh) == (
+            1.0,
+            "grid",
+        ), name
+
+
+def test_open_thin_walled_objects_are_undefined_not_zero():
+    # double-sided sheets enclose no volume: IoU(A, A) was 0.0, it is undefined (None + reason) now
+    ids = ["kenney_furniture_cardboardboxopen", "kenney_platformerkit_flag", "kenney_graveyard_pillarobelisk"]
+    for name, mesh in _lowpoly(ids).items():
+        r = _assert_identity(mesh, name)
+        assert r.method == "undefined" and "neither mesh encloses" in r.reason, name
+
+
+def test_self_intersects_only_within_a_shell():
+    from gen3deval.metrics.volume import _merged
+
+    sphere = M(trimesh.creation.icosphere(3))
+    assert self_intersects(*_merged(sphere)) is False
+    # two overlapping closed boxes are two shells: crossing each other is fine (they are united)
+    two = M(trimesh.util.concatenate([CUBE, box([0.5, 0.2, 0.2], [1.5, 0.8, 0.8])]))
+    assert self_intersects(*_merged(two)) is False
+    # the same two boxes welded into one shell by a shared triangle fan: a corner of the second box moved
+    # onto a corner of the first merges them (shared vertex), and their faces cross: one shell crossing itself
+    b2 = box([0.5, 0.2, 0.2], [1.5, 0.8, 0.8])
+    v = np.vstack([CUBE.vertices, b2.vertices])
+    f = np.vstack([CUBE.faces, b2.faces + 8])
+    v[8 + int(np.argmin(b2.vertices.sum(1)))] = CUBE.vertices[int(np.argmax(CUBE.vertices.sum(1)))]
+    welded = Mesh.from_arrays(v, f)
+    assert self_intersects(*_merged(welded)) is True
+
+
+def _lens_iou(r: float, d: float) -> float:
+    """IoU of two balls of radius r whose centres are d apart (lens volume pi (4r + d)(2r - d)^2 / 12)."""
+    lens = np.pi * (4 * r + d) * (2 * r - d) ** 2 / 12
+    ball = 4 / 3 * np.pi * r**3
+    return lens / (2 * ball - lens)
+
+
+def test_non_box_shapes_analytic():
+    # Balls: bounding-box IoU 1/3 (boxes shifted by half their side), true IoU 0.185.
+    a = trimesh.creation.icosphere(5, radius=0.5)
+    b = a.copy()
+    b.apply_translation([0.5, 0, 0])
+    iou, method = volume_iou(M(a), M(b))
+    assert method == "exact" and iou == pytest.approx(_lens_iou(0.5, 0.5), abs=2e-3)
+    assert abs(iou - 1 / 3) > 0.1  # what a bounding-box IoU would give
+    # the grid (one face removed: not watertight) agrees within its voxel error
+    open_a = trimesh.Trimesh(a.vertices, a.faces[1:], process=False)
+    iou_g, method_g = volume_iou(M(open_a), M(b))
+    assert method_g == "grid" and iou_g == pytest.approx(_lens_iou(0.5, 0.5), abs=0.01)
+    # Two L-shapes with the same bounding box (bbox IoU 1): cells {(0,0),(1,0),(0,1)} vs {(0,1),(1,1),(1,0)}
+    # share 2 of 4 cells: IoU 1/2. Each L is two overlapping boxes (united; no shared corners).
+    l1 = trimesh.util.concatenate([box([0, 0, 0], [2, 1, 1]), box([0, 0.5, 0], [1, 2, 1])])
+    l2 = trimesh.util.concatenate([box([0, 1, 0], [2, 2, 1]), box([1, 0, 0], [2, 1.5, 1])])
+    iou, method = volume_iou(M(l1), M(l2))
+    assert method == "exact" and iou == pytest.approx(0.5, abs=1e-12)
+    assert grid_iou(M(l1), M(l2), 64) == pytest.approx(0.5, abs=0.02)
+
+
+def test_grid_majority_vote_beats_any_axis():
+    # A closed unit cube plus two parallel open plates above it (y = 2 and y = 3, outward normals): rays
+    # along y cross both plates and call the slab between them inside; rays along x and z cross nothing
+    # there and call it outside. The plates enclose nothing, so the occupancy is the cube: the majority
+    # vote gives IoU 1 against the cube, "any axis says inside" would give 1/2.
+    def plate(y, up):
+        v = np.array([[0, y, 0], [1, y, 0], [1, y, 1], [0, y, 1]], dtype=float)
+        f = np.array([[0, 2, 1], [0, 3, 2]]) if up else np.array([[0, 1, 2], [0, 2, 3]])
+        return trimesh.Trimesh(v, f, process=False)
+
+    cand = trimesh.util.concatenate([CUBE, plate(2.0, False), plate(3.0, True)])
+    assert (cand.face_normals[-4:, 1] == [-1, -1, 1, 1]).all()
+    iou, method = volume_iou(M(cand), M(CUBE), resolution=32)
+    assert method == "grid" and iou == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.slow
+def test_every_shared_object_is_one_with_itself():
+    # all 304 lowpoly304 objects: IoU(A, A) = 1 (never above), or undefined when A encloses no volume
+    from testdata import lowpoly_manifest
+
+    rows = lowpoly_manifest()
+    methods = [_assert_identity(m, n).method for n, m in _lowpoly([r["id"] for r in rows]).items()]
+    assert len(methods) == 304 and methods.count("undefined") <= 3, methods.count("undefined")

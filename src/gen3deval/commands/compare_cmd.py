@@ -57,7 +57,8 @@ def protocol_for(args: argparse.Namespace, metrics: list[str]) -> dict[str, Any]
         "up": args.up,
         "metrics": metrics,
     }
-    return fingerprint(params, name="compare", version="1")
+    # version 2: independent candidate/reference sampling streams, undefined IoU (PROTOCOLS.md 4-5)
+    return fingerprint(params, name="compare", version="2")
 
 
 def _json_value(v: Any) -> Any:
@@ -93,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
     # so that the top-level keys stay exactly the metric keys of PROTOCOLS.md.
     protocol["alignment"] = scores.pop("alignment", None)
     if "best_iou_alignment" in scores:
-        protocol["best_iou_alignment"] = scores.pop("best_iou_alignment")
-        protocol["best_iou_alignment"]["iou_method"] = scores.pop("best_iou_method", None)
+        alignment = scores.pop("best_iou_alignment")  # None when best_iou is undefined
+        if alignment is not None:
+            alignment["iou_method"] = scores.pop("best_iou_method", None)
+        protocol["best_iou_alignment"] = alignment
     if args.json:
         out = {k: _json_value(v) for k, v in scores.items()}
         out["protocol"] = protocol
@@ -124,7 +127,10 @@ def _print_table(args: argparse.Namespace, scores: dict[str, Any], protocol: dic
             display, better, scale = info.display, ("↑" if info.higher_is_better else "↓"), info.scale
         except UserInputError:  # not a metric (e.g. volume_iou_method)
             display, better = key, ""
-        shown = f"{value * scale:.6g}" if isinstance(value, float) else str(value)
+        if value is None and f"{key}_reason" in scores:
+            shown = "undefined"  # the reason follows on its own row
+        else:
+            shown = f"{value * scale:.6g}" if isinstance(value, float) else str(value)
         table.add_row(display, key, shown, better)
     console = Console()
     console.print(table)

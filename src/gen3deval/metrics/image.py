@@ -5,7 +5,9 @@ renderer; they are compared as RGB in [0, 1] (value / 255), no further compositi
 Alpha masks are (H, W) floats in [0, 1].
 
 - ``mse``: mean over pixels and channels of (a - b)^2.
-- ``psnr``: 10 log10(1 / mse) in dB; ``inf`` when the images are equal.
+- ``psnr``: min(10 log10(1 / mse), 100) in dB: capped at ``PSNR_CAP_DB`` = 100 dB, which identical images
+  get (instead of ``inf``, which would make every mean over views or cases infinite). 100 dB is mse 1e-10,
+  far below one 8-bit level ((1/255)^2 ~ 1.5e-5 gives 48 dB), so the cap changes no other value.
 - ``ssim``: scikit-image ``structural_similarity`` with ``gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False, data_range=1`` (Wang et al. 2004), per channel, averaged over channels.
 - ``silhouette_iou``: IoU of the masks ``alpha > 0.5``; 1.0 when both masks are empty (identical silhouettes).
@@ -23,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gen3deval.errors import UserInputError
+from gen3deval.metrics.base import PSNR_CAP_DB
 
 
 class ViewLike(Protocol):
@@ -57,10 +60,14 @@ def mse(a: NDArray[Any], b: NDArray[Any]) -> float:
     return float(np.mean((fa - fb) ** 2))
 
 
+def psnr_from_mse(err: float) -> float:
+    """min(10 log10(1 / err), ``PSNR_CAP_DB``) in dB: 100 for ``err`` = 0 (identical images)."""
+    return PSNR_CAP_DB if err <= 0 else min(PSNR_CAP_DB, 10.0 * math.log10(1.0 / err))
+
+
 def psnr(a: NDArray[Any], b: NDArray[Any]) -> float:
-    """10 log10(1 / mse) in dB (peak 1 after scaling); ``inf`` for equal images."""
-    err = mse(a, b)
-    return math.inf if err == 0 else 10.0 * math.log10(1.0 / err)
+    """10 log10(1 / mse) in dB (peak 1 after scaling), capped at 100 dB (equal images give 100)."""
+    return psnr_from_mse(mse(a, b))
 
 
 def ssim(a: NDArray[Any], b: NDArray[Any]) -> float:
@@ -109,7 +116,7 @@ def views_mse(views_a: Sequence[ViewLike], views_b: Sequence[ViewLike]) -> float
 
 
 def views_psnr(views_a: Sequence[ViewLike], views_b: Sequence[ViewLike]) -> float:
-    """Mean over views of :func:`psnr` (``inf`` if any view is identical)."""
+    """Mean over views of :func:`psnr` (each capped at 100 dB)."""
     _check_views(views_a, views_b)
     return float(np.mean([psnr(a.rgb, b.rgb) for a, b in zip(views_a, views_b, strict=True)]))
 
@@ -137,7 +144,7 @@ def image_metrics(views_a: Sequence[ViewLike], views_b: Sequence[ViewLike]) -> d
             rows.append(
                 (
                     err,
-                    math.inf if err == 0 else 10.0 * math.log10(1.0 / err),
+                    psnr_from_mse(err),
                     ssim(a.rgb, b.rgb),
                     silhouette_iou(a.alpha, b.alpha),
                 )

@@ -1,13 +1,17 @@
 """Volumetric IoU of two meshes (PROTOCOLS.md section 5: ``volume_iou``, ``best_iou``).
 
-Two methods, the one used is returned beside the number:
+The method used is returned beside the number:
 
 ``exact``
     Both meshes are watertight (manifold3d accepts them as oriented 2-manifolds after exact duplicate
-    vertices are merged) with positive volume: IoU = vol(A and B) / (vol A + vol B - vol(A and B)) with
-    manifold3d booleans in float64. A mesh made of several closed shells is first resolved with winding-number
-    semantics: shells of positive volume are united (overlapping parts are not counted twice) and shells of
-    negative volume (inward-facing, i.e. cavities) are subtracted.
+    vertices are merged) with positive volume, and no shell crosses itself: IoU = vol(A and B) / (vol A +
+    vol B - vol(A and B)) with manifold3d booleans in float64, clipped to [0, 1]. A mesh made of several
+    closed shells is first resolved with winding-number semantics: shells of positive volume are united
+    (overlapping parts are not counted twice) and shells of negative volume (inward-facing, i.e. cavities)
+    are subtracted. A single shell that passes through itself (e.g. a character whose arms are welded into
+    its body: one connected surface) is NOT resolved by manifold3d, whose volume then counts the overlap
+    twice (IoU(A, A) up to 1.012 was measured on such meshes); :func:`self_intersects` detects it (an edge
+    of the shell crossing or touching a face of the same shell) and the mesh goes to the grid method.
 
 ``grid``
     Otherwise: ``resolution``^3 voxel centres over the JOINT bounding box of both meshes, each classified
@@ -21,17 +25,24 @@ Two methods, the one used is returned beside the number:
     exactly on an edge or vertex are decided by a top-left fill rule on exact, orientation-independent edge
     functions, so shared edges are crossed exactly once. Its error is that of any voxelisation, O(1/resolution):
     on the 143 watertight lowpoly304 objects vs a copy shifted by (0.05, 0.02, 0), |grid - exact| at 128 has
-    median 0.0013 and worst 0.030 (a desk with thin parts; 0.005 at 256).
+    median 0.0013 and worst 0.030 (a desk with thin parts; 0.005 at 256). Identical meshes get the same
+    voxels, so IoU(A, A) = 1 exactly.
 
-Both methods return IoU 0.0 when the union is empty (e.g. two flat, zero-volume surfaces).
+``undefined`` (value None, with a reason)
+    The reference encloses no volume: it is not a watertight solid and no voxel centre is inside it (open
+    sheets, flat or double-sided surfaces, such as lowpoly304's open cardboard box, flag and obelisk). A
+    volume IoU against it means nothing, whatever the candidate, so the case is undefined for every system
+    alike (reports count it apart from failures). A candidate that encloses no volume against a reference
+    that does scores 0 (it misses the whole reference volume): a fair score for the candidate.
 
 Known limits: a zero-thickness surface modelled double-sided (each face twice, opposite windings) encloses
-nothing (its crossings cancel), so e.g. an open box made of double-sided sheets has no volume; a single shell
-that passes through itself is accepted by manifold3d and its booleans are then not reliable.
+nothing (its crossings cancel). Two shells that overlap only along coplanar faces are not detected as
+crossing.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -77,13 +88,142 @@ def _closed(faces: NDArray[np.int64]) -> bool:
     return bool(np.array_equal(fwd, rev) and np.array_equal(fwd_count, rev_count))
 
 
+# ---------------------------------------------------------------------------------- self-intersection ---
+# Most candidate triangle pairs tested per numpy batch, and in all (beyond: not certified -> grid).
+_PAIR_BATCH = 2_000_000
+_PAIR_BUDGET = 100_000_000
+
+
+def _orient(
+    a: NDArray[np.float64], b: NDArray[np.float64], c: NDArray[np.float64], d: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """6 x the signed volume of each tetrahedron (a, b, c, d), rows of (n, 3) arrays."""
+    return np.einsum("ij,ij->i", b - a, np.cross(c - a, d - a))
+
+
+def _edge_in_triangle(
+    p: NDArray[np.float64],
+    q: NDArray[np.float64],
+    a: NDArray[np.float64],
+    b: NDArray[np.float64],
+    c: NDArray[np.float64],
+) -> NDArray[np.bool_]:
+    """Whether the line p-q meets the closed triangle abc (rows of (n, 3) arrays): the three edge
+    orientations seen along p-q have one sign (zero allowed: passing through an edge or corner counts)."""
+    t1, t2, t3 = _orient(p, q, a, b), _orient(p, q, b, c), _orient(p, q, c, a)
+    return ((t1 >= 0) & (t2 >= 0) & (t3 >= 0)) | ((t1 <= 0) & (t2 <= 0) & (t3 <= 0))
+
+
+def _face_components(faces: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Label of the edge-connected component of each face (faces sharing an edge are connected)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(faces)
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    key = e[:, 0] * (int(faces.max()) + 1) + e[:, 1]
+    _, edge_id = np.unique(key, return_inverse=True)
+    owner = np.tile(np.arange(n), 3)
+    # faces x edges incidence; faces are connected through shared edges
+    inc = coo_matrix((np.ones(len(owner)), (owner, edge_id.reshape(-1))), shape=(n, int(edge_id.max()) + 1))
+    _, labels = connected_components(inc @ inc.T, directed=False)
+    return labels.astype(np.int64)
+
+
+def self_intersects(vertices: NDArray[np.float64], faces: NDArray[np.int64]) -> bool | None:
+    """Whether two faces of the same edge-connected shell cross each other (an edge of one passes through
+    the other). True/False, or None when the mesh is too large to check within the pair budget.
+
+    Faces of different shells may overlap (to_manifold unites them); a shell that crosses itself is
+    what manifold3d's booleans cannot handle (its volume counts the overlap twice). Pairs sharing an edge
+    are skipped; pairs sharing one corner test only the edges opposite to it. Float64 orientation tests:
+    a contact (a vertex exactly on another face) counts as a crossing when an edge passes through it.
+    """
+    f = faces
+    n = len(f)
+    if n < 4:
+        return False
+    tris = vertices[f]  # (F, 3, 3)
+    lo, hi = tris.min(axis=1), tris.max(axis=1)
+    comp = _face_components(f)
+    # Broad phase: spatial hash of a uniform grid, cell = median triangle size (larger if that makes
+    # too many (triangle, cell) entries); candidate pairs share a cell.
+    scale = float(np.max(hi.max(0) - lo.min(0)))
+    cell = max(float(np.median((hi - lo).max(axis=1))), 1e-9 * scale, 1e-300)
+    origin = lo.min(axis=0)
+    while True:
+        i0 = np.floor((lo - origin) / cell).astype(np.int64)
+        i1 = np.floor((hi - origin) / cell).astype(np.int64)
+        span = i1 - i0 + 1
+        counts = span.prod(axis=1)
+        if counts.sum() <= 16 * n:
+            break
+        cell *= 2.0
+    tri = np.repeat(np.arange(n), counts)
+    offs = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    sy, sz = span[tri, 1], span[tri, 2]
+    cx = i0[tri, 0] + offs // (sy * sz)
+    cy = i0[tri, 1] + (offs // sz) % sy
+    cz = i0[tri, 2] + offs % sz
+    # hash collisions only add candidate pairs (the box test below removes them)
+    key = (cx * 73856093) ^ (cy * 19349663) ^ (cz * 83492791)
+    order = np.lexsort((tri, key))
+    key, tri = key[order], tri[order]
+    start = np.r_[0, np.nonzero(np.diff(key))[0] + 1]
+    size = np.diff(np.r_[start, len(key)])
+    group_start = np.repeat(start, size)
+    later = group_start + np.repeat(size, size) - 1 - np.arange(len(key))  # partners after each entry
+    if int(later.sum()) > _PAIR_BUDGET:
+        return None
+    cum = np.cumsum(later)
+    normal = np.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0])  # (F, 3), not normalised
+    norm = np.linalg.norm(normal, axis=1)
+    pos = 0
+    while pos < len(key):
+        base = int(cum[pos - 1]) if pos > 0 else 0
+        stop = max(int(np.searchsorted(cum, base + _PAIR_BATCH, side="right")), pos + 1)
+        k = later[pos:stop]
+        src = np.repeat(np.arange(pos, stop), k)
+        dst = src + 1 + np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
+        pos = stop
+        i, j = tri[src], tri[dst]
+        keep = (i != j) & (comp[i] == comp[j])
+        keep &= np.all(lo[i] <= hi[j], axis=1) & np.all(lo[j] <= hi[i], axis=1)
+        pair = np.unique(np.minimum(i, j)[keep] * n + np.maximum(i, j)[keep])  # a pair shares several cells
+        i, j = pair // n, pair % n
+        same = f[i][:, :, None] == f[j][:, None, :]  # (P, 3, 3): corner r of i is corner c of j
+        apart = same.sum(axis=(1, 2)) < 2  # faces sharing an edge are neighbours, not a crossing
+        i, j, same = i[apart], j[apart], same[apart]
+        for x, y, shared in ((i, j, same.any(axis=2)), (j, i, same.any(axis=1))):
+            # signed distances (x |normal_y|) of x's corners to y's plane; a shared corner is on it exactly
+            side = np.einsum("pkd,pd->pk", tris[x] - tris[y][:, None, 0], normal[y])
+            # a corner within 1e-12 of the mesh size of the plane is on it: touching is not crossing, and
+            # the sign of a rounding-level distance is noise (it changed with the summation order)
+            side[np.abs(side) <= (1e-12 * scale) * norm[y][:, None]] = 0.0
+            side[shared] = 0.0
+            for e in range(3):
+                # x's edge e crosses y's plane strictly (an edge from a shared corner never does)
+                cut = side[:, e] * side[:, (e + 1) % 3] < 0
+                if not cut.any():
+                    continue
+                tx, ty = tris[x[cut]], tris[y[cut]]
+                if _edge_in_triangle(tx[:, e], tx[:, (e + 1) % 3], ty[:, 0], ty[:, 1], ty[:, 2]).any():
+                    return True
+    return False
+
+
 def to_manifold(mesh: Mesh) -> Any | None:
     """A manifold3d ``Manifold`` of ``mesh`` with positive volume, resolved as described in the module
-    docstring, or None when the mesh is not watertight / has no positive volume."""
+    docstring, or None when the mesh is not watertight, has a shell that crosses itself (or is too large to
+    check, see :func:`self_intersects`), or has no positive volume."""
     import manifold3d as m3d
 
     v, f = _merged(mesh)
     if not _closed(f):
+        return None
+    # manifold3d accepts a shell that passes through itself, and then counts the overlap twice (volume)
+    # or not at all (booleans): measured IoU(A, A) up to 1.012 on the lowpoly304 characters.
+    if self_intersects(v, f) is not False:
         return None
     man = m3d.Manifold(m3d.Mesh64(vert_properties=v, tri_verts=f.astype(np.uint64)))
     if man.status() != m3d.Error.NoError or man.is_empty():
@@ -116,11 +256,12 @@ def _flipped(part: Any) -> Any:
 
 
 def exact_iou(a: Any, b: Any) -> float:
-    """IoU of two manifold3d solids: vol(A and B) / (vol A + vol B - vol(A and B))."""
+    """IoU of two manifold3d solids of positive volume: vol(A and B) / (vol A + vol B - vol(A and B)),
+    clipped to [0, 1] (float rounding of the boolean could otherwise give 1 + 1e-16)."""
     va, vb = float(a.volume()), float(b.volume())
     vi = float((a ^ b).volume())
     union = va + vb - vi
-    return vi / union if union > 0 else 0.0
+    return min(1.0, max(0.0, vi / union)) if union > 0 else 0.0
 
 
 # -------------------------------------------------------------------------------------------------- grid ---
@@ -289,20 +430,37 @@ def occupancy(
     return (2 * votes) > n_valid
 
 
-def grid_iou(a: Mesh, b: Mesh, resolution: int = 128) -> float:
-    """IoU of the occupancies of ``a`` and ``b`` on one ``resolution``^3 grid over their joint box."""
+def grid_occupancies(a: Mesh, b: Mesh, resolution: int = 128) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Occupancies (R, R, R) of ``a`` and ``b`` on one ``resolution``^3 grid over their joint box."""
     lo = np.minimum(a.vertices.min(0), b.vertices.min(0))
     hi = np.maximum(a.vertices.max(0), b.vertices.max(0))
     # A flat joint box (both meshes planar in one axis) has no volume: pad so the grid is defined.
     pad = np.where(hi - lo > 0, 0.0, 0.5 * max(float(np.max(hi - lo)), 1.0))
     lo, hi = lo - pad, hi + pad
-    occ_a = occupancy(a, lo, hi, resolution)
-    occ_b = occupancy(b, lo, hi, resolution)
+    return occupancy(a, lo, hi, resolution), occupancy(b, lo, hi, resolution)
+
+
+def grid_iou(a: Mesh, b: Mesh, resolution: int = 128) -> float | None:
+    """IoU of the occupancies of ``a`` and ``b`` on one ``resolution``^3 grid over their joint box; None
+    when neither occupies a voxel (identical meshes give exactly 1.0: the same voxels twice)."""
+    occ_a, occ_b = grid_occupancies(a, b, resolution)
     union = int(np.count_nonzero(occ_a | occ_b))
-    return int(np.count_nonzero(occ_a & occ_b)) / union if union > 0 else 0.0
+    return int(np.count_nonzero(occ_a & occ_b)) / union if union > 0 else None
 
 
 # ------------------------------------------------------------------------------------------------ public ---
+@dataclass(frozen=True)
+class IoU:
+    """A volume IoU: ``value`` in [0, 1], or None when undefined; ``method`` ``exact``, ``grid`` or
+    ``undefined``; ``reason`` says why when undefined (else ""). ``matrix`` (best_iou only): the 4x4 that
+    maps the original candidate into the inertia-normalised frame of the reference (None if undefined)."""
+
+    value: float | None
+    method: str
+    reason: str = ""
+    matrix: NDArray[np.float64] | None = None
+
+
 def _check(mesh: Mesh, role: str) -> None:
     if mesh.n_faces == 0:
         raise UserInputError(f"{mesh.source or role}: mesh has no faces, cannot compute a volume")
@@ -310,62 +468,103 @@ def _check(mesh: Mesh, role: str) -> None:
         raise UserInputError(f"{mesh.source or role}: mesh has NaN or inf vertices")
 
 
-def volume_iou(a: Mesh, b: Mesh, resolution: int = 128) -> tuple[float, str]:
-    """Volume IoU of meshes ``a`` and ``b`` in their current frames: (iou in [0, 1], method).
+def _undefined(a_empty: bool, resolution: int) -> IoU:
+    who = "neither mesh encloses" if a_empty else "the reference encloses"
+    return IoU(
+        None,
+        "undefined",
+        f"{who} no volume (not watertight, and no voxel centre of the {resolution}^3 grid is inside it: "
+        "open, flat or double-sided surfaces)",
+    )
 
-    ``method`` is ``"exact"`` (both watertight with positive volume: manifold3d booleans) or ``"grid"``
-    (``resolution``^3 voxel centres over the joint box, multi-axis ray vote); see the module docstring.
+
+def _grid(a: Mesh, b: Mesh, resolution: int) -> IoU:
+    occ_a, occ_b = grid_occupancies(a, b, resolution)
+    if not occ_b.any():
+        return _undefined(not occ_a.any(), resolution)
+    inter = int(np.count_nonzero(occ_a & occ_b))
+    return IoU(inter / int(np.count_nonzero(occ_a | occ_b)), "grid")
+
+
+_UNSET: Any = object()
+
+
+def volume_iou_detail(a: Mesh, b: Mesh, resolution: int = 128, *, b_solid: Any = _UNSET) -> IoU:
+    """Volume IoU of candidate ``a`` and reference ``b`` in their current frames (module docstring).
+
+    ``exact`` when both are watertight solids, else ``grid``; ``undefined`` (value None) when the
+    reference encloses no volume. ``b_solid``: ``to_manifold(b)`` if already known (a cache).
     """
     _check(a, "candidate")
     _check(b, "reference")
     if resolution < 2:
         raise UserInputError(f"iou resolution must be >= 2, got {resolution}")
     ma = to_manifold(a)
-    mb = to_manifold(b) if ma is not None else None
-    if ma is not None and mb is not None:
-        return exact_iou(ma, mb), "exact"
-    return grid_iou(a, b, resolution), "grid"
+    if ma is not None:
+        mb = to_manifold(b) if b_solid is _UNSET else b_solid
+        if mb is not None:
+            return IoU(exact_iou(ma, mb), "exact")
+    return _grid(a, b, resolution)
 
 
-def volume_iou_value(a: Mesh, b: Mesh, resolution: int = 128) -> float:
+def volume_iou(a: Mesh, b: Mesh, resolution: int = 128) -> tuple[float | None, str]:
+    """(iou, method) of :func:`volume_iou_detail`: iou in [0, 1] or None when ``method`` is ``undefined``."""
+    r = volume_iou_detail(a, b, resolution)
+    return r.value, r.method
+
+
+def volume_iou_value(a: Mesh, b: Mesh, resolution: int = 128) -> float | None:
     """:func:`volume_iou` without the method (the registry's uniform mesh-metric signature)."""
-    return volume_iou(a, b, resolution)[0]
+    return volume_iou_detail(a, b, resolution).value
 
 
-def best_iou(a: Mesh, b: Mesh, resolution: int = 128) -> tuple[float, str, NDArray[np.float64]]:
+def best_iou_detail(a: Mesh, b: Mesh, resolution: int = 128) -> IoU:
     """The CAD protocol: ``inertia``-normalise both meshes, try the 4 proper rotations that align the
-    candidate's principal axes with the reference's, keep the highest :func:`volume_iou`.
+    candidate's principal axes with the reference's, keep the highest volume IoU.
 
-    Returns (iou, method, 4x4) where the matrix maps the ORIGINAL candidate into the inertia-normalised
-    frame of the reference (rotation @ candidate normalisation). Ties keep the first rotation tried.
+    ``matrix`` maps the ORIGINAL candidate into the inertia-normalised frame of the reference
+    (rotation @ candidate normalisation). Ties keep the first rotation tried. Undefined when the reference
+    encloses no volume.
     """
     from gen3deval.mesh.align import principal_frame, proper_pca_rotations
     from gen3deval.mesh.normalize import normalize
 
     _check(a, "candidate")
     _check(b, "reference")
-    na, ta = normalize(a, "inertia")
-    nb, _ = normalize(b, "inertia")
+    with np.errstate(invalid="ignore", divide="ignore"):  # meshes without volume fall back to the box
+        na, ta = normalize(a, "inertia")
+        nb, _ = normalize(b, "inertia")
     ca, axes_a = principal_frame(na, solid=True)
     cb, axes_b = principal_frame(nb, solid=True)
     # Build the solids once; a rigid transform of a manifold stays a manifold (no re-validation needed).
     solid_a = to_manifold(na)
     solid_b = to_manifold(nb) if solid_a is not None else None
-    best: tuple[float, str, NDArray[np.float64]] | None = None
+    best: IoU | None = None
+    undefined: IoU | None = None
     for rot in proper_pca_rotations(axes_a, axes_b):
         m = np.eye(4)
         m[:3, :3] = rot
         m[:3, 3] = cb - rot @ ca
         if solid_a is not None and solid_b is not None:
-            iou, method = exact_iou(solid_a.transform(np.ascontiguousarray(m[:3, :])), solid_b), "exact"
+            r = IoU(exact_iou(solid_a.transform(np.ascontiguousarray(m[:3, :])), solid_b), "exact")
         else:
-            iou, method = grid_iou(na.transformed(m), nb, resolution), "grid"
-        if best is None or iou > best[0]:
-            best = (iou, method, m @ ta)
-    assert best is not None
+            r = _grid(na.transformed(m), nb, resolution)
+        if r.value is None:
+            undefined = r
+        elif best is None or best.value is None or r.value > best.value:
+            best = IoU(r.value, r.method, "", m @ ta)
+    if best is None:
+        assert undefined is not None
+        return undefined
     return best
 
 
-def best_iou_value(a: Mesh, b: Mesh, resolution: int = 128) -> float:
+def best_iou(a: Mesh, b: Mesh, resolution: int = 128) -> tuple[float | None, str, NDArray[np.float64] | None]:
+    """(iou, method, 4x4) of :func:`best_iou_detail` (iou and matrix None when ``method`` is ``undefined``)."""
+    r = best_iou_detail(a, b, resolution)
+    return r.value, r.method, r.matrix
+
+
+def best_iou_value(a: Mesh, b: Mesh, resolution: int = 128) -> float | None:
     """:func:`best_iou` without method and transform (the registry's uniform mesh-metric signature)."""
-    return best_iou(a, b, resolution)[0]
+    return best_iou_detail(a, b, resolution).value

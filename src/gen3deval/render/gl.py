@@ -58,7 +58,6 @@ from gen3deval.render.shading import (
     GREY_SRGB,
     Prepared,
     check_options,
-    clip_planes,
     closed_orientation,
     face_cross,
     light_dirs,
@@ -295,6 +294,21 @@ def _gather_rows(a: NDArray[Any], idx: NDArray[np.integer]) -> NDArray[Any]:
     """``a[idx]`` for an (N, k) array, as a contiguous copy."""
     a = np.ascontiguousarray(a)
     return _rows(a)[idx].view(a.dtype).reshape(len(idx), a.shape[1])
+
+
+def depth_range(view: NDArray[np.float64], center: NDArray[np.float64], radius: float) -> tuple[float, float]:
+    """Near and far planes (depths along the viewing axis) enclosing the bounding sphere (``center``,
+    ``radius``) seen through the (4, 4) world-to-camera ``view``, with 1% slack (tight, for depth precision).
+
+    Planes are depths along the viewing axis, not distances: the camera looks at the origin, so a sphere off
+    that axis (an off-centre mesh rendered with ``normalize=False``) starts nearer than distance - radius,
+    and planes from the distance clipped its front.
+    """
+    depth = -float(view[2, :3] @ np.asarray(center, dtype=np.float64) + view[2, 3])
+    r = max(radius, 1e-9)
+    far = max((depth + r) * 1.01, 1e-6)
+    near = max((depth - r) * 0.99, far * 1e-5)
+    return near, far
 
 
 class _Upload:
@@ -673,8 +687,8 @@ class GLRenderer:
                 ctx.cull_face = "back" if orient > 0 else "front"
                 vao, groups = self._facing(up, vao, pos, orient, prep.radius)
         if vao is not None and up is not None:
-            near, far = clip_planes(cam.position, prep.center, prep.radius)
             view_m = cam.view
+            near, far = depth_range(view_m, prep.center, prep.radius)
             flip_y = np.diag([1.0, -1.0, 1.0, 1.0])  # memory row 0 = image top
             prog = vao.program
             prog["u_mvp"].write((flip_y @ cam.projection(near, far) @ view_m).T.astype("f4").tobytes())
