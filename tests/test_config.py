@@ -194,3 +194,161 @@ def test_fingerprint_records_the_protocol() -> None:
     )
     assert other["hash"] != fp["hash"]
     assert protocol_fingerprint(p, renderer={"renderer": "test"})["hash"] == fp["hash"]
+    # the hash covers the renderer (issue 8, item 7: a mutation dropping it from the hash went unnoticed)
+    for renderer in ({"renderer": "test2"}, {"renderer": "test", "gl": "llvmpipe"}, {}):
+        assert protocol_fingerprint(p, renderer=renderer)["hash"] != fp["hash"], renderer
+    from gen3deval.protocol import fingerprint
+
+    base = fingerprint({"samples": 1}, renderer={"backend": "gl", "gl_renderer": "llvmpipe (LLVM 15)"})
+    moved = fingerprint({"samples": 1}, renderer={"backend": "gl", "gl_renderer": "NVIDIA H100"})
+    assert base["hash"] != moved["hash"] and base["params"] == moved["params"]
+
+
+# --- systems as NAME[@LABEL][:key=value,...] strings (issue 8, item 8) -------------------------------------
+
+
+def test_system_strings_on_the_command_line_and_in_a_spec(tmp_path: Path) -> None:
+    (tmp_path / "outs").mkdir()
+    (tmp_path / "a,b").mkdir()
+    outs = str(tmp_path / "outs")
+    spec = build_spec(
+        {},
+        systems=["oracle", f"files:dir={outs},up=z", f"files@mine:dir={tmp_path / 'a,b'}", "boxes:n=8"],
+    )
+    assert [(s.name, s.label) for s in spec.systems] == [
+        ("oracle", "oracle"),
+        ("files", "files"),
+        ("files", "mine"),
+        ("boxes", "boxes"),
+    ]
+    assert spec.systems[1].settings == {"dir": outs, "up": "z"}
+    assert spec.systems[2].settings == {"dir": str(tmp_path / "a,b")}  # a comma inside a value
+    assert spec.systems[3].settings == {"n": 8}  # read as a YAML scalar, checked against the schema
+    # The same string in a spec file: relative paths against the spec's folder.
+    in_file = build_spec({"systems": ["files@x:dir=outs"]}, base_dir=tmp_path)
+    assert in_file.systems[0].settings == {"dir": "outs"} and in_file.systems[0].base_dir == str(tmp_path)
+    # Text settings stay text even when they look like numbers; others are checked as their type.
+    (tmp_path / "2024").mkdir()
+    assert build_spec({"systems": ["files:dir=2024"]}, base_dir=tmp_path).systems[0].settings == {
+        "dir": "2024"
+    }
+    with pytest.raises(ConfigError, match=r"^--system\[0\]\.settings\.n: expected int, got 'many'"):
+        build_spec({}, systems=["boxes:n=many"])
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (
+            "files",
+            "--system[0].settings.dir: required setting of system 'files' is missing; "
+            "give it as --system files:dir=PATH",
+        ),
+        (
+            "files:up=z",
+            "--system[0].settings.dir: required setting of system 'files' is missing; "
+            "give it as --system files:dir=PATH",
+        ),
+        ("files:", "--system[0]: nothing after ':'"),
+        ("files:dir", "--system[0]: expected key=value after ':'"),
+        ("files:dir=", "--system[0].settings.dir: no value"),
+        ("files:dir=a,dir=b", "--system[0].settings.dir: given twice"),
+        ("files:=x", "--system[0]: a setting without a name"),
+        ("files@bad label:dir=x", "--system[0].label: expected letters"),
+        ("nosuch:x=1", "--system[0].name: unknown system 'nosuch'"),
+        ("oracle:colour=red", "--system[0].settings.colour: unknown setting of system 'oracle'"),
+    ],
+)
+def test_system_string_errors_show_the_form(item: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        build_spec({}, systems=[item])
+    assert str(exc.value).startswith(message), str(exc.value)
+
+
+def test_missing_setting_in_a_spec_shows_both_forms(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        build_spec({"systems": ["oracle", {"name": "files"}]}, base_dir=tmp_path)
+    assert str(exc.value) == (
+        "systems[1].settings.dir: required setting of system 'files' is missing; "
+        "give it as `files:dir=PATH` or {name: files, settings: {dir: ...}}"
+    )
+    with pytest.raises(ConfigError, match=r"^systems\[1\]\.label: system label 'files' appears twice"):
+        build_spec({"systems": ["files:dir=.", "files:dir=."]}, base_dir=tmp_path)
+
+
+# --- suite options and the seeded limit sample (issue 8, item 13) -------------------------------------------
+
+
+def test_suite_mappings_carry_options_to_the_loader(tmp_path: Path) -> None:
+    import json
+
+    import trimesh
+
+    from gen3deval.engine.build import load_cases
+
+    (tmp_path / "data").mkdir()
+    trimesh.creation.box().export(tmp_path / "data" / "box.obj")
+    rows = [
+        {"id": f"{cat}{i}", "category": cat, "path": "box.obj"} for cat in ("tool", "food") for i in range(5)
+    ]
+    (tmp_path / "data" / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = {
+        "suites": [
+            {"spec": "manifest:data/m.jsonl", "categories": ["tool"], "up": "z", "limit": 2},
+        ],
+        "seed": 7,
+    }
+    spec = build_spec(data, base_dir=tmp_path)
+    entry = spec.suites[0]
+    assert entry == {
+        "spec": f"manifest:{tmp_path / 'data' / 'm.jsonl'}",
+        "categories": ["tool"],
+        "up": "z",
+        "limit": 2,
+    }
+    assert spec.seed == 7 and spec.to_dict()["seed"] == 7 and spec.to_dict()["suites"] == [entry]
+    entries, suites = load_cases(spec.suites, spec.limit, spec.seed)
+    assert len(entries) == 2 and {e.case.category for e in entries} == {"tool"}
+    assert all(e.case.meta["up"] == "z" for e in entries)  # OBJ references follow the suite's `up`
+    assert suites[0]["options"] == {"limit": 2, "seed": 7, "categories": ["tool"], "up": "z"}
+    # A global limit is a stratified sample of each suite: both categories, not the first lines.
+    both, _ = load_cases([f"manifest:{tmp_path / 'data' / 'm.jsonl'}"], 2, 0)
+    assert {e.case.category for e in both} == {"tool", "food"}
+    # A comma-separated string of categories is a list.
+    one = build_spec(
+        {"suite": {"spec": "manifest:data/m.jsonl", "categories": "tool, food"}}, base_dir=tmp_path
+    )
+    assert one.suites[0]["categories"] == ["tool", "food"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("suite", "message"),
+    [
+        ({"categories": ["a"]}, "suites[0].spec: missing"),
+        ({"spec": 3}, "suites[0].spec: expected a suite spec string"),
+        ({"spec": "manifest:m.jsonl", "captions": "c.csv"}, "suites[0].captions: 'captions' does not apply"),
+        ({"spec": "manifest:m.jsonl", "colour": "red"}, "suites[0].colour: 'colour' does not apply"),
+        ({"spec": "manifest:m.jsonl", "up": "x"}, "suites[0].up: up='x' is invalid"),
+        ({"spec": "manifest:m.jsonl", "limit": 0}, "suites[0].limit: limit=0 is invalid"),
+        ({"spec": "images:d", "up": "z"}, "suites[0].up: 'up' does not apply to suite kind 'images'"),
+        ({"spec": "nosuch:x"}, "suites[0].spec: suite spec 'nosuch:x': unknown suite kind"),
+    ],
+)
+def test_suite_option_errors_name_the_field(suite: dict[str, object], message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        build_spec({"suites": [suite]}, base_dir=tmp_path)
+    assert str(exc.value).startswith(message), str(exc.value)
+
+
+def test_meshes_captions_option_resolves_against_the_spec_folder(tmp_path: Path) -> None:
+    spec = build_spec({"suite": {"spec": "meshes:objs", "captions": "caps.csv"}}, base_dir=tmp_path)
+    assert spec.suites[0] == {
+        "spec": f"meshes:{tmp_path / 'objs'}",
+        "captions": str(tmp_path / "caps.csv"),
+    }
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "3", True, None])
+def test_seed_must_be_a_non_negative_integer(seed: object) -> None:
+    with pytest.raises(ConfigError, match=r"^seed: expected an integer >= 0"):
+        build_spec({"seed": seed})

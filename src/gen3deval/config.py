@@ -2,20 +2,23 @@
 
 A run spec is a YAML mapping (every key optional)::
 
-    suite: manifest:data/manifest.jsonl      # or `suites: [KIND:PATH, ...]`
-    systems:                                 # names, or mappings {name, label, settings}
+    suite: manifest:data/manifest.jsonl      # or `suites: [...]`; an entry may be a mapping of options:
+    #   {spec: manifest:FILE, categories: [tool, food], up: z, limit: 20}   (meshes: also captions: FILE)
+    systems:                                 # names, NAME[@LABEL]:key=value,... strings, or mappings
       - oracle
+      - files@other_model:dir=outputs/other  # NAME[@LABEL]:key=value,... (values read as YAML scalars)
       - name: files
         label: my_model                      # the name shown in reports (default: name)
         settings: {dir: outputs/my_model}
     protocol: default                        # or {name: default, samples: 20000, ...overrides}
     out: runs/my_run
     jobs: 2
-    limit: 10                                # first N cases of each suite
+    limit: 10                                # a sample of N cases of each suite, stratified across categories
+    seed: 0                                  # the seed of that sample
     retries: 2                               # retries of transient errors (remote systems)
 
-Relative paths inside a spec file (suite paths, ``out``, path settings such as ``dir``) are relative to
-the folder of the spec file. Command-line flags override the spec. Every error is a
+Relative paths inside a spec file (suite paths, ``captions``, ``out``, path settings such as ``dir``) are
+relative to the folder of the spec file. Command-line flags override the spec. Every error is a
 :class:`~gen3deval.errors.ConfigError` whose message starts with the field, e.g. ``systems[1].settings.dir``.
 """
 
@@ -31,30 +34,21 @@ from pathlib import Path
 from typing import Any
 
 from gen3deval.errors import ConfigError
+from gen3deval.execute.registry import EXECUTORS
 from gen3deval.execute.result import Limits
+from gen3deval.metrics.base import IMAGE_KEYS, fscore_key, geometry_metric_names
+from gen3deval.metrics.base import UNAVAILABLE_METRICS as _UNAVAILABLE_METRICS
 
-# Geometry metrics computed by gen3deval.compare; `fscore` expands to one key per threshold.
-GEOMETRY_METRICS = (
-    "chamfer_l1",
-    "chamfer_l2",
-    "chamfer_l2_sum",
-    "hausdorff",
-    "fscore",
-    "normal_consistency",
-    "volume_iou",
-    "best_iou",
-)
+# Metric lists derived from the metric registry (gen3deval.metrics.base, the single source of truth).
+# Geometry metrics computed by gen3deval.compare, in row order; `fscore` expands to one key per threshold.
+GEOMETRY_METRICS = geometry_metric_names()
 # The default protocol's: all but best_iou, the CAD protocol's own IoU (its own normalisation and
 # alignment), computed only where a protocol asks for it (the gencad preset).
 DEFAULT_GEOMETRY_METRICS = tuple(m for m in GEOMETRY_METRICS if m != "best_iou")
 # Model-free image metrics computed by gen3deval.metrics.image.image_metrics.
-IMAGE_METRICS = ("mse", "psnr", "ssim", "silhouette_iou")
-# Metrics defined in PROTOCOLS.md whose implementation does not exist yet in this package.
-UNAVAILABLE_METRICS = {
-    "clip_score": "the CLIP metric is not available yet in gen3deval (PROTOCOLS.md section 8)",
-    "clip_image_sim": "the CLIP image metric is not available yet in gen3deval",
-    "lpips": "the LPIPS metric is not available yet in gen3deval",
-}
+IMAGE_METRICS = IMAGE_KEYS
+# Metrics defined in PROTOCOLS.md whose implementation does not exist yet in this package: {key: why}.
+UNAVAILABLE_METRICS = dict(_UNAVAILABLE_METRICS)
 TASKS = ("mesh", "image-to-threejs", "image-to-cadquery", "text-to-3d")
 NORMALIZE = ("bbox", "sphere", "inertia", "none")
 ALIGN = ("none", "pca", "rot24", "pca+icp", "rot24+icp")
@@ -143,24 +137,22 @@ class Protocol:
         return stable_hash(self.params())
 
 
-def fscore_key(t: float) -> str:
-    """``fscore@0.01`` for threshold 0.01 (the key used in rows and CSV)."""
-    return f"fscore@{t:g}"
-
-
 def stable_hash(obj: Any, n: int = 16) -> str:
     """sha256 of canonical JSON (sorted keys), first ``n`` hex digits."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
 
 
-# Named presets. Versions change when a preset's meaning changes.
+# Named presets. Versions change when a preset's meaning changes. Version 2 (gen3deval 0.2): candidate and
+# reference surface samples from independent streams of the seed, PSNR capped at 100 dB, volume IoU exact
+# only for shells that do not cross themselves and undefined (null) when the reference encloses no volume.
 PROTOCOLS: dict[str, Protocol] = {
     # Mesh vs mesh (image-to-3D, reconstruction): every geometry metric, renders with the `ref` view.
-    "default": Protocol(name="default"),
+    "default": Protocol(name="default", version="2"),
     # Code3DBench style: image -> Three.js program; scored as in the paper (CD, F@1/2/5, NC) + image metrics.
     "code3d": Protocol(
         name="code3d",
+        version="2",
         task="image-to-threejs",
         metrics=("chamfer_l2", "fscore", "normal_consistency"),
         language="threejs",
@@ -168,6 +160,7 @@ PROTOCOLS: dict[str, Protocol] = {
     # GenCAD-Code: image -> CadQuery; inertia normalisation, best IoU over proper PCA alignments, VSR in the report.
     "gencad": Protocol(
         name="gencad",
+        version="2",
         task="image-to-cadquery",
         normalize="inertia",
         metrics=("chamfer_l2", "chamfer_l2_sum", "best_iou"),
@@ -300,8 +293,8 @@ def validate_protocol(p: Protocol, field_name: str = "protocol") -> None:
         raise bad("material", f"unknown material {p.material!r}; known: {', '.join(MATERIALS)}")
     if p.background not in BACKGROUNDS:
         raise bad("background", f"unknown background {p.background!r}; known: {', '.join(BACKGROUNDS)}")
-    if p.language not in (None, "threejs", "cadquery"):
-        raise bad("language", f"unknown language {p.language!r}; known: threejs, cadquery")
+    if p.language is not None and p.language not in EXECUTORS:
+        raise bad("language", f"unknown language {p.language!r}; known: {', '.join(EXECUTORS)}")
 
 
 @dataclass(frozen=True)
@@ -323,22 +316,29 @@ class SystemSpec:
 DEFAULT_SUITES = ("quickstart",)
 DEFAULT_SYSTEMS = ("oracle", "bbox", "boxes", "sphere")
 
+# A suite entry: a spec string ``KIND:PATH``, or a mapping ``{"spec": KIND:PATH, <suite option>: value, ...}``.
+SuiteEntry = str | dict[str, Any]
+
 
 @dataclass(frozen=True)
 class RunSpec:
     """A validated run: suites (``KIND:PATH``), systems, protocol, output folder, concurrency.
 
-    ``jobs`` is the number of stage workers (processes; 1 runs in-process). ``limit`` keeps the first N
-    cases of each suite. ``retries`` is how often a transient error is retried before the stage fails.
+    ``suites`` holds spec strings, or mappings ``{"spec": ..., "categories": [...], "up": ..., ...}`` for suites
+    with options (see :func:`suite_entry_parts`). ``jobs`` is the number of stage workers (processes; 1 runs
+    in-process). ``limit`` keeps a sample of N cases of each suite, stratified across categories and drawn
+    with ``seed`` (:func:`gen3deval.suites.suite.stratified_sample`). ``retries`` is how often a transient error
+    is retried before the stage fails.
     """
 
-    suites: tuple[str, ...]
+    suites: tuple[SuiteEntry, ...]
     systems: tuple[SystemSpec, ...]
     protocol: Protocol
     out: Path
     jobs: int
     limit: int | None = None
     retries: int = 2
+    seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -348,11 +348,12 @@ class RunSpec:
             "out": str(self.out),
             "jobs": self.jobs,
             "limit": self.limit,
+            "seed": self.seed,
             "retries": self.retries,
         }
 
 
-SPEC_KEYS = ("suite", "suites", "systems", "protocol", "out", "jobs", "limit", "retries")
+SPEC_KEYS = ("suite", "suites", "systems", "protocol", "out", "jobs", "limit", "seed", "retries")
 
 
 def default_jobs() -> int:
@@ -374,6 +375,8 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read the run spec ({exc})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -381,11 +384,18 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _resolve_suite(spec: str, base: Path) -> str:
-    kind, sep, rest = spec.partition(":")
-    if not sep or not rest or Path(rest).is_absolute():
-        return spec
-    return f"{kind}:{(base / rest).resolve()}"
+def suite_entry_parts(entry: SuiteEntry) -> tuple[str, dict[str, Any]]:
+    """(spec string, options) of a suite entry of :attr:`RunSpec.suites`."""
+    if isinstance(entry, str):
+        return entry, {}
+    options = dict(entry)
+    return str(options.pop("spec")), options
+
+
+def _int_field(key: str, value: Any, minimum: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{key}: expected {what}, got {value!r}")
 
 
 def build_spec(
@@ -398,12 +408,14 @@ def build_spec(
     out: str | Path | None = None,
     jobs: int | None = None,
     limit: int | None = None,
+    seed: int | None = None,
     default_out: str | Path | None = None,
 ) -> RunSpec:
     """Validate a spec mapping (from YAML, may be empty) with command-line overrides into a :class:`RunSpec`.
 
-    Flags (keyword arguments) replace the corresponding spec field. With nothing given: the quickstart
-    suite, the offline baselines oracle/bbox/boxes/sphere, the default protocol and ``runs/quickstart``.
+    Flags (keyword arguments) replace the corresponding spec field; ``systems`` take the string form
+    ``NAME[@LABEL][:key=value,...]``. With nothing given: the quickstart suite, the offline baselines
+    oracle/bbox/boxes/sphere, the default protocol and ``runs/quickstart``.
     """
     data = dict(data or {})
     base = Path(base_dir)
@@ -413,27 +425,26 @@ def build_spec(
     if "suite" in data and "suites" in data:
         raise ConfigError("suite: give either `suite` or `suites`, not both")
 
+    from gen3deval.spec_entries import suite_entry, system_spec
+
     # Suites.
+    suite_list: list[SuiteEntry]
     if suites:
-        suite_list = list(suites)
+        suite_list = [suite_entry(s, f"--suite[{i}]", None) for i, s in enumerate(suites)]
     elif "suites" in data or "suite" in data:
         key = "suites" if "suites" in data else "suite"
         raw = data[key]
-        raw_list = [raw] if isinstance(raw, str) else raw
+        raw_list = [raw] if isinstance(raw, str | dict) else raw
         if not isinstance(raw_list, list) or not raw_list:
             raise ConfigError(f"{key}: expected a suite spec KIND:PATH or a non-empty list of them")
-        suite_list = []
-        for i, s in enumerate(raw_list):
-            if not isinstance(s, str) or not s.strip():
-                raise ConfigError(f"{key}[{i}]: expected a suite spec string KIND:PATH, got {s!r}")
-            suite_list.append(_resolve_suite(s.strip(), base))
+        suite_list = [
+            suite_entry(s, f"{key}[{i}]" if isinstance(raw, list) else key, base)
+            for i, s in enumerate(raw_list)
+        ]
     else:
         suite_list = list(DEFAULT_SUITES)
 
     # Systems.
-    from gen3deval.systems.base import SYSTEMS
-
-    specs: list[SystemSpec] = []
     raw_systems: list[Any]
     if systems:
         raw_systems = list(systems)
@@ -450,46 +461,30 @@ def build_spec(
     else:
         raw_systems = list(DEFAULT_SYSTEMS)
         where = "systems"
+    specs: list[SystemSpec] = []
     for i, item in enumerate(raw_systems):
         loc = f"{where}[{i}]"
-        settings: dict[str, Any] = {}
-        if isinstance(item, str):
-            name, label = item, item
-        elif isinstance(item, dict):
-            extra = set(item) - {"name", "label", "settings"}
-            if extra:
-                raise ConfigError(f"{loc}.{sorted(extra)[0]}: unknown field; known: name, label, settings")
-            raw_name = item.get("name")
-            if not isinstance(raw_name, str) or not raw_name:
-                raise ConfigError(f"{loc}.name: expected a system name")
-            name = raw_name
-            label = item.get("label", name)
-            if not isinstance(label, str) or not re.match(r"^[A-Za-z0-9_.+-]+$", label):
-                raise ConfigError(f"{loc}.label: expected letters, digits, _ . + -, got {label!r}")
-            settings = item.get("settings") or {}
-            if not isinstance(settings, dict):
-                raise ConfigError(f"{loc}.settings: expected a mapping, got {type(settings).__name__}")
-        else:
-            raise ConfigError(f"{loc}: expected a system name or a mapping {{name, settings}}, got {item!r}")
-        if name not in SYSTEMS:
-            raise ConfigError(f"{loc}.name: unknown system {name!r}; known: {', '.join(SYSTEMS.names())}")
-        spec = SystemSpec(name=name, label=label, settings=dict(settings), base_dir=str(base.resolve()))
-        # Each system checks its own settings now, so a wrong spec fails before any work.
-        SYSTEMS.get(name).validate_settings(spec.settings, f"{loc}.settings", base.resolve())
-        if any(s.label == label for s in specs):
-            raise ConfigError(f"{loc}.label: system label {label!r} appears twice; give one a `label`")
+        spec = system_spec(item, loc, where, base if where != "--system" else Path("."))
+        if any(s.label == spec.label for s in specs):
+            raise ConfigError(
+                f"{loc}.label: system label {spec.label!r} appears twice; give one a label "
+                f"(`label:` in a mapping, or NAME@LABEL)"
+            )
         specs.append(spec)
 
     proto = get_protocol(protocol if protocol is not None else data.get("protocol"))
 
     if jobs is None:
         jobs = data.get("jobs", default_jobs())
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"jobs: expected a positive integer, got {jobs!r}")
+    _int_field("jobs", jobs, 1)
     if limit is None:
         limit = data.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit: expected a positive integer, got {limit!r}")
+    _int_field("limit", limit, 1)
+    if seed is None:
+        seed = data.get("seed", 0)
+    if seed is None:
+        raise ConfigError("seed: expected an integer >= 0, got None")
+    _int_field("seed", seed, 0)
     retries = data.get("retries", 2)
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
         raise ConfigError(f"retries: expected an integer 0..10, got {retries!r}")
@@ -509,9 +504,10 @@ def build_spec(
         systems=tuple(specs),
         protocol=proto,
         out=out_path,
-        jobs=jobs,
+        jobs=int(jobs),
         limit=limit,
         retries=retries,
+        seed=int(seed),
     )
 
 

@@ -3,10 +3,12 @@
 With no arguments: the built-in ``quickstart`` suite, the offline baselines oracle, bbox, boxes and sphere,
 protocol ``default``, output ``runs/quickstart`` (all offline). Running again on the same folder resumes:
 finished stages are skipped. Without ``--out`` the folder is ``runs/<spec file stem>`` for a spec file,
-``runs/<kind>-<path stem>`` for ``--suite``, else ``runs/quickstart`` (stable names, so a rerun resumes).
-``gen3deval run --out RUN_DIR`` alone resumes RUN_DIR with the spec it was started with.
+``runs/<kind>-<folder>-<stem>-<hash>`` for ``--suite`` (the hash of the resolved paths, so two
+``manifest.jsonl`` in different folders get different folders), else ``runs/quickstart``: stable names, so a
+rerun resumes. ``gen3deval run --out RUN_DIR`` alone resumes RUN_DIR with the spec it was started with.
+Resuming a folder with other suites than it holds warns (their cases would share one leaderboard).
 
-Progress goes to stderr; the last line on stdout is the path of the HTML report.
+Progress goes to stderr; stdout gets a compact leaderboard, then the path of the HTML report (the last line).
 """
 
 from __future__ import annotations
@@ -34,24 +36,93 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--system",
         action="extend",
         nargs="+",
-        metavar="NAME",
-        help="systems to evaluate (e.g. --system oracle bbox); see `gen3deval list systems`",
+        metavar="NAME[@LABEL][:KEY=VALUE,...]",
+        help="systems to evaluate, with settings and an optional report label, e.g. --system oracle bbox "
+        "files:dir=outputs/mine,up=z files@other:dir=outputs/other; see `gen3deval list systems`",
     )
     p.add_argument("--protocol", metavar="NAME", help="protocol preset: default, code3d, gencad, clip3d")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (created; an existing one is resumed)")
     p.add_argument("--jobs", type=int, metavar="N", help="worker processes (default: the CPU cores)")
-    p.add_argument("--limit", type=int, metavar="N", help="only the first N cases of each suite")
+    p.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="a sample of N cases of each suite, stratified across categories (seeded by --seed)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        metavar="S",
+        help="seed of the --limit sample (default 0; not the protocol's sampling seed)",
+    )
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of live progress bars")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="rerun stages that failed before even when their inputs are unchanged (otherwise they are kept)",
+    )
 
 
 def _default_out(args: argparse.Namespace) -> Path:
     if args.spec:
         return Path("runs") / Path(args.spec).stem
     if args.suite:
-        kind, _, rest = args.suite[0].partition(":")
-        stem = Path(rest.rstrip("/")).stem if rest else ""
-        return Path("runs") / (f"{kind}-{stem}" if stem else kind)
+        return Path("runs") / default_suite_folder(args.suite)
     return Path("runs") / "quickstart"
+
+
+def default_suite_folder(suites: list[str]) -> str:
+    """The run folder name for ``--suite`` specs: ``kind-folder-stem-hash`` of the first suite (``manifest-
+    lowpoly304-1a2b3c4d`` for ``manifest:.../lowpoly304/manifest.jsonl``), ``+N`` for N more suites; the hash
+    covers every suite's kind and resolved path, so different sources never share a folder, and the same
+    sources (from any working folder) always get the same one."""
+    import hashlib
+    import re
+
+    resolved = []
+    for spec in suites:
+        kind, sep, rest = spec.strip().partition(":")
+        resolved.append(f"{kind}:{Path(rest).expanduser().resolve()}" if sep and rest else spec.strip())
+    kind, sep, rest = suites[0].strip().partition(":")
+    if not (sep and rest) and len(suites) == 1:
+        return kind  # a built-in suite: `runs/quickstart`
+    parts = [kind]
+    if rest:
+        p = Path(rest).expanduser().resolve()
+        for part in (p.parent.name if p.suffix else "", p.stem):
+            if part and part not in parts:
+                parts.append(part)
+    if len(suites) > 1:
+        parts.append(f"+{len(suites) - 1}")
+    digest = hashlib.sha256("\n".join(resolved).encode()).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", "-".join(parts)).strip("._") or "suite"
+    return f"{name[:60]}-{digest}"
+
+
+def suite_change_warning(out: Path, suites: list[dict[str, object]]) -> str | None:
+    """A warning when the run folder ``out`` already holds results of other suites than ``suites`` (the
+    suite descriptions of :func:`gen3deval.engine.build.load_cases`): resuming would put both in one
+    leaderboard. None for a new folder or the same suites."""
+    from gen3deval.engine.store import Store, is_run_dir
+    from gen3deval.errors import Gen3DEvalError
+
+    if not is_run_dir(out):
+        return None
+    try:
+        with Store(out, readonly=True) as store:
+            stored = store.get_meta("suites", []) or []
+    except Gen3DEvalError:  # e.g. killed before its tables were made: the engine opens (or reports) it
+        return None
+    before = {(str(s.get("kind")), str(s.get("source"))) for s in stored if isinstance(s, dict)}
+    now = {(str(s.get("kind")), str(s.get("source"))) for s in suites}
+    if not before or now <= before:
+        return None
+    new = sorted(f"{k}:{src}" for k, src in now - before)
+    old = sorted(f"{k}:{src}" for k, src in before)
+    return (
+        f"{out} already holds results of {', '.join(old)}; this run adds {', '.join(new)}: the report will "
+        "show the cases of all of them in one leaderboard (use another --out to keep them apart)"
+    )
 
 
 def resolve_spec(args: argparse.Namespace) -> RunSpec:
@@ -59,7 +130,12 @@ def resolve_spec(args: argparse.Namespace) -> RunSpec:
     from gen3deval.config import RunSpec, SystemSpec, build_spec, load_spec_file, protocol_from_params
     from gen3deval.engine.store import Store, is_run_dir
 
-    if args.system and not args.spec and args.system[-1].endswith((".yaml", ".yml")):
+    if (
+        args.system
+        and not args.spec
+        and args.system[-1].endswith((".yaml", ".yml"))
+        and "=" not in args.system[-1]
+    ):
         # `--system a b spec.yaml`: the list option swallowed the positional spec.
         args.spec = args.system.pop()
     if args.jobs is not None and args.jobs < 1:
@@ -81,6 +157,7 @@ def resolve_spec(args: argparse.Namespace) -> RunSpec:
                 jobs=args.jobs or default_jobs(),
                 limit=args.limit if args.limit is not None else stored.get("limit"),
                 retries=int(stored.get("retries", 2)),
+                seed=args.seed if args.seed is not None else int(stored.get("seed") or 0),
             )
     data = None
     base = Path(".")
@@ -96,6 +173,7 @@ def resolve_spec(args: argparse.Namespace) -> RunSpec:
         out=args.out,
         jobs=args.jobs,
         limit=args.limit,
+        seed=args.seed,
         default_out=_default_out(args),
     )
 
@@ -108,10 +186,16 @@ def run(args: argparse.Namespace) -> int:
     from gen3deval.report import write_reports
 
     spec = resolve_spec(args)
+    args.resume_out = spec.out  # Ctrl-C / SIGTERM: cli.main prints `resume with: gen3deval run --out ...`
     progress = make_progress(args.quiet)
     engine, suites = build_engine(
-        spec, progress=progress
-    )  # loads the suites: bad input fails here, before work
+        spec, progress=progress, retry_failed=bool(getattr(args, "retry_failed", False))
+    )  # loads the suites and checks the run: bad input fails here, before work
+    for warning in engine.warnings:  # from the preflight: systems, references, outputs matching no case
+        print(f"warning: {warning}", file=sys.stderr)
+    changed = suite_change_warning(Path(spec.out), suites)
+    if changed:
+        print(f"warning: {changed}", file=sys.stderr)
     for s in suites:
         for problem in s["problems"][:5]:
             print(f"warning: suite {s['name']}: {problem}", file=sys.stderr)
@@ -144,5 +228,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {len(unfinished)} pipelines unfinished", file=sys.stderr)
     meta["unfinished"] = len(unfinished)
     report = write_reports(spec.out, rows, meta)
+    from gen3deval.report.jsonio import read_summary
+    from gen3deval.report.terminal import leaderboard_lines
+
+    print("\n".join(leaderboard_lines(read_summary(report.parent))))  # the path stays the last line
     print(report)
     return 0

@@ -16,19 +16,23 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from gen3deval.errors import ConfigError
+from gen3deval.execute.registry import EXECUTORS
 from gen3deval.mesh.types import Mesh
 from gen3deval.registry import Registry
 from gen3deval.suites.base import Case
 
-PROGRAM_SUFFIX = {"threejs": ".js", "cadquery": ".py"}
+# Language -> the suffix its programs are written with, from the executor registry
+# (prefer gen3deval.execute.program_suffix).
+PROGRAM_SUFFIX = {name: ex.suffix for name, ex in EXECUTORS.items()}
 
 
 @dataclass(frozen=True)
 class Candidate:
     """What a system produced for one case: a mesh file (``mesh_path``, with its ``up`` axis) or a program.
 
-    Exactly one of ``mesh_path`` and ``program`` is set; ``language`` is ``threejs`` or ``cadquery`` for a
-    program. ``meta`` is free-form JSON-able information (model id, tokens, cost) kept with the result.
+    Exactly one of ``mesh_path`` and ``program`` is set; ``language`` names an executor (``threejs``,
+    ``cadquery``: :data:`gen3deval.execute.EXECUTORS`) for a program. ``meta`` is free-form JSON-able
+    information (model id, tokens, cost) kept with the result.
     """
 
     mesh_path: str | None = None
@@ -40,10 +44,8 @@ class Candidate:
     def __post_init__(self) -> None:
         if (self.mesh_path is None) == (self.program is None):
             raise ValueError("a Candidate is either a mesh file or a program")
-        if self.program is not None and self.language not in PROGRAM_SUFFIX:
-            raise ValueError(
-                f"program language must be one of {', '.join(PROGRAM_SUFFIX)}, got {self.language!r}"
-            )
+        if self.program is not None and self.language not in EXECUTORS:
+            raise ValueError(f"program language must be one of {', '.join(EXECUTORS)}, got {self.language!r}")
 
     @property
     def kind(self) -> str:
