@@ -149,10 +149,10 @@ def test_cadquery_worker_import_failure_is_a_dependency_error(
     raises DependencyError, as ``No module named cadquery`` did: before, it was an ExecutionError."""
     from gen3deval.execute import cadquery_worker
 
-    # Outside /tmp: as root the worker mounts a private /tmp before it imports cadquery.
-    where = Path(request.config.cache.mkdir("shadow-cadquery")) if request.config.cache else None
-    if where is None:
-        pytest.skip("no pytest cache folder to put the broken package in")
+    # Inside the virtualenv: as root the worker mounts a private /tmp before it imports cadquery, and keeps
+    # only the virtualenv and gen3deval visible there (a checkout, as CI's, may itself live under /tmp).
+    where = Path(sys.prefix) / f".gen3deval-test-shadow-{os.getpid()}"
+    request.addfinalizer(lambda: shutil.rmtree(where, ignore_errors=True))
     shadow = _shadow_cadquery(where, 'ImportError("libGL.so.1: cannot open shared object file")')
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")]))
