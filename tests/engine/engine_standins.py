@@ -139,3 +139,26 @@ FUNCTIONS = {
     "render": render,
     "score": score,
 }
+
+
+def run_two_systems(run_dir: Path, n: int, protocol: Any, *, width: int = 0) -> None:
+    """A finished in-process run of ``n`` cases (``c0``.. or zero-padded to ``width``) x a mesh system ``m``
+    and a program system ``p`` (the fixture of the command and store tests)."""
+    from gen3deval.config import SystemSpec
+    from gen3deval.engine.runner import CaseEntry, Engine
+    from gen3deval.suites.base import Case
+
+    ids = [f"c{i:0{width}d}" for i in range(n)]
+    Engine(
+        run_dir,
+        [CaseEntry(key=c, case=Case(id=c), suite="t") for c in ids],
+        [
+            SystemSpec(name="standin", label="m"),
+            SystemSpec(name="standin", label="p", settings={"program": True}),
+        ],
+        protocol,
+        fingerprint={"name": "default", "hash": "t"},
+        functions=FUNCTIONS,
+        needs_reference={"m": True, "p": True},
+        inline=True,
+    ).run()

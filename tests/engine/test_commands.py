@@ -6,33 +6,20 @@ import io
 from pathlib import Path
 
 import pytest
-from engine_standins import FUNCTIONS
+from engine_standins import run_two_systems
 
 from gen3deval.cli import main
-from gen3deval.config import SystemSpec, get_protocol
+from gen3deval.config import get_protocol
 from gen3deval.engine.progress import PlainProgress, RichProgress, make_progress
 from gen3deval.engine.results import stage_progress
-from gen3deval.engine.runner import CaseEntry, Engine, RunLock
+from gen3deval.engine.runner import RunLock
 from gen3deval.engine.store import Store
-from gen3deval.suites.base import Case
 
 PROTOCOL = get_protocol({"name": "default", "metrics": ["chamfer_l1"], "image_metrics": []})
 
 
 def _run(run_dir: Path, n: int = 3) -> None:
-    Engine(
-        run_dir,
-        [CaseEntry(key=f"c{i}", case=Case(id=f"c{i}"), suite="t") for i in range(n)],
-        [
-            SystemSpec(name="standin", label="m"),
-            SystemSpec(name="standin", label="p", settings={"program": True}),
-        ],
-        PROTOCOL,
-        fingerprint={"name": "default", "hash": "t"},
-        functions=FUNCTIONS,
-        needs_reference={"m": True, "p": True},
-        inline=True,
-    ).run()
+    run_two_systems(run_dir, n, PROTOCOL)
 
 
 def test_progress_counts_left_stages_of_an_unfinished_run(

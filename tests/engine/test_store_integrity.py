@@ -13,13 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engine_standins import FUNCTIONS
+from engine_standins import run_two_systems
 
 from gen3deval.cli import main
-from gen3deval.config import SystemSpec, get_protocol
-from gen3deval.engine.runner import CaseEntry, Engine
+from gen3deval.config import get_protocol
 from gen3deval.engine.store import STORE_NAME, Store, StoreError
-from gen3deval.suites.base import Case
 
 PROTOCOL = get_protocol({"name": "default", "metrics": ["chamfer_l1"], "image_metrics": []})
 HERE = Path(__file__).resolve().parent
@@ -27,19 +25,7 @@ SRC = HERE.parents[1] / "src"
 
 
 def _run(run_dir: Path, n: int = 40) -> None:
-    Engine(
-        run_dir,
-        [CaseEntry(key=f"c{i:03d}", case=Case(id=f"c{i:03d}"), suite="t") for i in range(n)],
-        [
-            SystemSpec(name="standin", label="m"),
-            SystemSpec(name="standin", label="p", settings={"program": True}),
-        ],
-        PROTOCOL,
-        fingerprint={"name": "default", "hash": "t"},
-        functions=FUNCTIONS,
-        needs_reference={"m": True, "p": True},
-        inline=True,
-    ).run()
+    run_two_systems(run_dir, n, PROTOCOL, width=3)
 
 
 def _smash_page(path: Path, page: int) -> None:
