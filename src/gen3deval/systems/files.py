@@ -24,7 +24,6 @@ it reads (:meth:`FilesSystem.input_fingerprint`), so a changed file is scored ag
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -67,7 +66,6 @@ class FilesSystem(System):
 
     def __init__(self, settings: dict[str, Any] | None = None, *, base_dir: str | Path = ".") -> None:
         super().__init__(settings, base_dir=base_dir)
-        self._digests: dict[tuple[str, int, int], str] = {}
 
     @classmethod
     def check_settings(cls, settings: dict[str, Any], where: str) -> None:
@@ -147,18 +145,11 @@ class FilesSystem(System):
             return "unsafe"
         if p is None:
             return "missing"
-        try:
-            st = p.stat()
-            key = (str(p), st.st_size, st.st_mtime_ns)
-            if key not in self._digests:
-                h = hashlib.sha256()
-                with p.open("rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-                self._digests[key] = h.hexdigest()
-        except OSError as exc:
-            return f"unreadable:{exc.strerror}"
-        return f"{p.name}:{self._digests[key]}"
+        # The engine's content digest: cached per (path, size, mtime, inode), and a glTF's or OBJ's side
+        # files are part of it, as they are of the mesh generate loads.
+        from gen3deval.engine.artifacts import content_digest
+
+        return f"{p.name}:{content_digest(p)}"
 
     def preflight(self, cases: list[Case]) -> list[str]:
         """Warnings about the outputs folder against the cases: how many cases have a file, which files match
