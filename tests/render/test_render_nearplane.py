@@ -8,8 +8,9 @@ import trimesh
 
 from gen3deval.mesh.types import Mesh
 from gen3deval.render.cameras import Camera
-from gen3deval.render.gl import GLRenderer, depth_range
+from gen3deval.render.gl import GLRenderer
 from gen3deval.render.raycast import RaycastRenderer
+from gen3deval.render.shading import depth_range
 
 # A sphere far off the camera's axis: its depth along the axis (1.6 at its front) is much less than its
 # distance minus its radius (sqrt(5) - 0.4 = 1.84), where planes taken from the distance put the near plane.

@@ -209,16 +209,6 @@ def _execute(program: str, language: str, limits: dict[str, Any]) -> Any:
     return run(program, language, _limits(limits))
 
 
-def _finite(x: Any) -> float | None:
-    if x is None:
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if not math.isnan(f) else None
-
-
 # --- the stages -----------------------------------------------------------------------------------------------
 
 

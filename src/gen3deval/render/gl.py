@@ -59,6 +59,7 @@ from gen3deval.render.shading import (
     Prepared,
     check_options,
     closed_orientation,
+    depth_range,
     face_cross,
     light_dirs,
     light_intensities,
@@ -294,21 +295,6 @@ def _gather_rows(a: NDArray[Any], idx: NDArray[np.integer]) -> NDArray[Any]:
     """``a[idx]`` for an (N, k) array, as a contiguous copy."""
     a = np.ascontiguousarray(a)
     return _rows(a)[idx].view(a.dtype).reshape(len(idx), a.shape[1])
-
-
-def depth_range(view: NDArray[np.float64], center: NDArray[np.float64], radius: float) -> tuple[float, float]:
-    """Near and far planes (depths along the viewing axis) enclosing the bounding sphere (``center``,
-    ``radius``) seen through the (4, 4) world-to-camera ``view``, with 1% slack (tight, for depth precision).
-
-    Planes are depths along the viewing axis, not distances: the camera looks at the origin, so a sphere off
-    that axis (an off-centre mesh rendered with ``normalize=False``) starts nearer than distance - radius,
-    and planes from the distance clipped its front.
-    """
-    depth = -float(view[2, :3] @ np.asarray(center, dtype=np.float64) + view[2, 3])
-    r = max(radius, 1e-9)
-    far = max((depth + r) * 1.01, 1e-6)
-    near = max((depth - r) * 0.99, far * 1e-5)
-    return near, far
 
 
 class _Upload:

@@ -295,14 +295,18 @@ def _rgba8(tex: NDArray[np.uint8], name: str) -> NDArray[np.uint8]:
     return np.ascontiguousarray(t)
 
 
-def clip_planes(
-    position: NDArray[np.float64], center: NDArray[np.float64], radius: float
-) -> tuple[float, float]:
-    """Near and far planes enclosing the bounding sphere seen from ``position`` (tight, for depth precision)."""
-    d = float(np.linalg.norm(np.asarray(position) - center))
+def depth_range(view: NDArray[np.float64], center: NDArray[np.float64], radius: float) -> tuple[float, float]:
+    """Near and far planes (depths along the viewing axis) enclosing the bounding sphere (``center``,
+    ``radius``) seen through the (4, 4) world-to-camera ``view``, with 1% slack (tight, for depth precision).
+
+    Planes are depths along the viewing axis, not distances: the camera looks at the origin, so a sphere off
+    that axis (an off-centre mesh rendered with ``normalize=False``) starts nearer than distance - radius,
+    and planes from the distance clipped its front.
+    """
+    depth = -float(view[2, :3] @ np.asarray(center, dtype=np.float64) + view[2, 3])
     r = max(radius, 1e-9)
-    far = (d + r) * 1.01
-    near = max((d - r) * 0.99, far * 1e-5)
+    far = max((depth + r) * 1.01, 1e-6)
+    near = max((depth - r) * 0.99, far * 1e-5)
     return near, far
 
 
