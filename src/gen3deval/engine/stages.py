@@ -338,7 +338,7 @@ def stage_render(mesh: str, protocol: dict[str, Any], workdir: Path) -> StageRes
     return StageResult(value=value, files={"renders": write_views_png(views, workdir, "cand")})
 
 
-# Prepared references of this process: {(artifact path, normalize, samples, seed): PreparedReference or Mesh}.
+# Prepared references of this process: {(artifact path, normalize, samples, seed): PreparedReference}.
 _REFERENCES: OrderedDict[tuple[str, str, int, int], Any] = OrderedDict()
 REFERENCE_CACHE_SIZE = 4
 
@@ -346,24 +346,18 @@ REFERENCE_CACHE_SIZE = 4
 def prepared_reference(path: str, protocol: dict[str, Any]) -> Any:
     """The reference of the score stage, loaded and sampled once per worker process.
 
-    ``compare.prepare_reference`` when this version has it (mesh, normalised mesh and surface samples),
-    else the loaded Mesh. An artifact path names its content, so the path is the cache key; the stages of
-    a case run close together, so a small LRU holds every system's and attempt's reference.
+    A :class:`~gen3deval.compare.PreparedReference` (mesh, normalised mesh, surface samples). An artifact
+    path names its content, so the path is the cache key; the stages of a case run close together, so a
+    small LRU holds every system's and attempt's reference.
     """
-    from gen3deval import compare as compare_module
+    from gen3deval.compare import prepare_reference
 
-    prepare = getattr(compare_module, "prepare_reference", None)
     key = (path, str(protocol["normalize"]), int(protocol["samples"]), int(protocol["seed"]))
     hit = _REFERENCES.get(key)
     if hit is not None:
         _REFERENCES.move_to_end(key)
         return hit
-    if prepare is not None:
-        ref = prepare(path, normalize=key[1], samples=key[2], seed=key[3])
-    else:
-        from gen3deval.mesh.io import load_mesh
-
-        ref = load_mesh(path)
+    ref = prepare_reference(path, normalize=key[1], samples=key[2], seed=key[3])
     _REFERENCES[key] = ref
     while len(_REFERENCES) > REFERENCE_CACHE_SIZE:
         _REFERENCES.popitem(last=False)
