@@ -528,9 +528,19 @@ class Engine:
                         solo = True
                     task = heapq.heappop(self.ready)
                     workdir = self._scratch.pop() if self._scratch else tmp / f"w{next(self._seq)}"
-                    fut = executor.submit(
-                        work, task.stage, task.kwargs, str(workdir), self.retries, self.functions
-                    )
+                    try:
+                        fut = executor.submit(
+                            work, task.stage, task.kwargs, str(workdir), self.retries, self.functions
+                        )
+                    except BrokenProcessPool:
+                        # A worker died after the last wait: this task never ran. The futures in flight
+                        # report the death below; with none in flight, a fresh pool is all it takes.
+                        heapq.heappush(self.ready, task)
+                        self._scratch.append(workdir)
+                        if not inflight:
+                            executor.shutdown(wait=False, cancel_futures=True)
+                            executor = self._make_executor()
+                        break
                     inflight[fut] = (task, workdir)
                 done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
                 solo = False
