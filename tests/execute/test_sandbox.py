@@ -98,7 +98,11 @@ def test_classify_signal_table() -> None:
     assert sandbox.classify_signal(1, lim) == "runtime"
     assert sandbox.classify_signal(-signal.SIGXCPU, lim) == "timeout"
     assert sandbox.classify_signal(-signal.SIGKILL, lim, cpu_s=5.0) == "timeout"
-    assert sandbox.classify_signal(-signal.SIGKILL, lim, cpu_s=0.2) == "memory"  # the OOM killer
+    # A SIGKILL is 'memory' only with evidence: the cgroup's OOM record or out-of-memory output.
+    assert sandbox.classify_signal(-signal.SIGKILL, lim, cpu_s=0.2, oom_killed=True) == "memory"
+    assert sandbox.classify_signal(-signal.SIGKILL, lim, cpu_s=0.2, stderr=b"MemoryError\n") == "memory"
+    assert sandbox.classify_signal(-signal.SIGKILL, lim, cpu_s=0.2) == "runtime"
+    assert sandbox.classify_signal(-signal.SIGKILL, lim, cpu_s=0.2, oom_killed=False) == "runtime"
     assert sandbox.classify_signal(-signal.SIGSEGV, lim) == "runtime"
     assert sandbox.classify_signal(0, lim, timed_out=True) == "timeout"
     assert sandbox.signal_name(-9) == "SIGKILL" and sandbox.signal_name(3) == "exit 3"
@@ -267,3 +271,50 @@ def test_private_mount_namespace_exposes_python_and_hides_tmp(tmp_path: Path) ->
     assert lines[0] == f"tmp ['{os.path.basename(marker)}']"  # a fresh, private /tmp
     assert lines[1:] == ["stdlib-readable True", "exposed True"]
     assert not Path(marker).exists()  # nothing written there reached the host
+
+
+def test_remove_tree_survives_3000_nested_dirs(tmp_path: Path) -> None:
+    # A program can leave a tree deeper than Python's recursion limit and longer than PATH_MAX;
+    # the old recursive rmtree raised RecursionError / ENAMETOOLONG from the worker's cleanup.
+    top = tmp_path / "deep"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(3000):
+        os.mkdir("dd", dir_fd=fd)
+        nfd = os.open("dd", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    with open(os.open("leaf.txt", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd), "w") as fh:
+        fh.write("x")
+    os.close(fd)
+    (top / "dd" / "ro").mkdir()
+    os.chmod(top / "dd", 0o500)
+    sandbox.remove_tree(top)
+    assert not top.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_self_sigkill_is_runtime_not_memory(tmp_path: Path) -> None:
+    out = _run_sh("kill -9 $$", Limits(wall_s=5), tmp_path)
+    assert out.returncode == -signal.SIGKILL and not out.oom_killed
+    cls = sandbox.classify_signal(out.returncode, Limits(), cpu_s=out.cpu_s, oom_killed=out.oom_killed)
+    assert cls == "runtime"
+
+
+def test_isolation_level_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gen3deval.errors import ConfigError
+
+    monkeypatch.delenv("GEN3DEVAL_SANDBOX", raising=False)
+    assert sandbox.default_isolation() == sandbox.Isolation()
+    monkeypatch.setenv("GEN3DEVAL_SANDBOX", "basic")
+    assert sandbox.default_isolation() == sandbox.Isolation(filesystem=False, cgroup=False, seccomp=False)
+    monkeypatch.setenv("GEN3DEVAL_SANDBOX", "paranoid")
+    with pytest.raises(ConfigError, match=r"GEN3DEVAL_SANDBOX.*full, basic"):
+        sandbox.default_isolation()
+
+
+def test_sandbox_description_is_the_parents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEN3DEVAL_SANDBOX", "basic")
+    out = _run_sh('echo \'{"sandbox": {"network": "netns", "cgroup": "v2"}}\'', Limits(wall_s=5), tmp_path)
+    assert out.sandbox["filesystem"] == "shared (turned off)"
+    assert out.sandbox["cgroup"] == "not available (turned off): rlimits only"
+    assert out.sandbox["seccomp"] == "off (turned off)" and out.sandbox["processes"] == "visible"

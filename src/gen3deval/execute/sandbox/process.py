@@ -22,22 +22,25 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import errno
 import os
 import resource
 import selectors
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gen3deval.execute.result import Limits
+from gen3deval.execute.sandbox.policy import Isolation, default_isolation, sandbox_description
+
+if TYPE_CHECKING:
+    from gen3deval.execute.sandbox.cgroups import ProgramCgroup
+    from gen3deval.execute.sandbox.jail import JailSpec
+    from gen3deval.execute.sandbox.seccomp import SeccompPolicy
 
 # Linux clone flags (sched.h).
 CLONE_NEWNS = 0x00020000
@@ -54,9 +57,6 @@ SANDBOX_UID_BASE = 2_000_000_000
 
 # Only these variables of the parent survive into a program's environment.
 _SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-
-# World-writable places an unprivileged uid could still write to; swept after each program.
-WORLD_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 
 
 @lru_cache(maxsize=1)
@@ -98,20 +98,30 @@ def isolate_network() -> str:
     return "not isolated"
 
 
+def probe_in_child(check: Callable[[], int], timeout_s: float = 10.0) -> int:
+    """Run ``check`` in a forked child (so that what it changes, e.g. namespaces or a seccomp filter, stays
+    there) and return its result as the child's exit code: 0 for success. A child that hangs past
+    ``timeout_s`` is killed (-SIGKILL); one that raises gives 1."""
+    _libc()  # load libc before forking
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the probe child
+        code = 1
+        try:
+            code = int(check())
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    status, _ru, killed = wait_with_deadline(pid, time.monotonic() + timeout_s)
+    return -signal.SIGKILL if killed else os.waitstatus_to_exitcode(status)
+
+
 @lru_cache(maxsize=1)
 def network_isolation_available() -> bool:
     """True when a child process can get its own network namespace here (probed once, cached)."""
     if not hasattr(os, "fork") or not Path("/proc/self/ns/net").exists():
         return False
-    _libc()  # load libc before forking
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the probe child
-        code = 1
-        with contextlib.suppress(BaseException):
-            code = 0 if isolate_network() != "not isolated" else 1
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0
+    return probe_in_child(lambda: 0 if isolate_network() != "not isolated" else 1) == 0
 
 
 def can_switch_user() -> bool:
@@ -180,59 +190,77 @@ def apply_rlimits(limits: Limits, *, address_space: bool = True) -> None:
         _set(resource.RLIMIT_NPROC, int(limits.processes))
 
 
+class SandboxSetupError(OSError):
+    """The sandbox could not be set up in the child; the program did not run."""
+
+
 def confine_current_process(
     limits: Limits,
     *,
     uid: int | None = None,
     new_session: bool = True,
     address_space: bool = True,
-) -> dict[str, Any]:
-    """Confine the calling process (a fresh child): session, network, rlimits, then the uid.
+    jail: JailSpec | None = None,
+    cgroup: ProgramCgroup | None = None,
+    seccomp: SeccompPolicy | None = None,
+) -> None:
+    """Confine the calling process (a fresh, single-threaded child, still root when ``uid`` is given).
 
-    Order matters: the network namespace needs privileges, and RLIMIT_NPROC only bites once the uid
-    is unprivileged. Returns a description for ``ExecResult.sandbox``.
+    Order: setsid, ``cgroup.attach``, network namespace, ``enter_jail(jail, owner_uid=uid)``, rlimits,
+    the uid drop (+ NO_NEW_PRIVS), ``install_seccomp(seccomp)``. Privileged steps come before the uid
+    drop; RLIMIT_NPROC only bites once the uid is unprivileged; the seccomp filter (which refuses
+    mount/unshare) comes last. Any failure raises: the caller must not run the program then. The
+    ``sandbox`` description is the parent's business (:func:`sandbox_description`), never the child's.
     """
-    info: dict[str, Any] = {}
     if new_session:
         with contextlib.suppress(OSError):
             os.setsid()
-    info["network"] = "allowed" if limits.network else isolate_network()
+    if cgroup is not None:
+        cgroup.attach(0)
+    if not limits.network:
+        isolate_network()
+    if jail is not None:
+        from gen3deval.execute.sandbox.jail import enter_jail
+
+        enter_jail(jail, owner_uid=uid)
     apply_rlimits(limits, address_space=address_space)
-    info["rlimits"] = "as,cpu,fsize,core,nproc" if address_space else "cpu,fsize,core,nproc"
     if uid is not None:
         drop_privileges(uid)
-        info["user"] = f"uid {uid}"
     else:
         set_no_new_privs()
-        info["user"] = "not isolated (not root)"
-    return info
+    if seccomp is not None:
+        from gen3deval.execute.sandbox.seccomp import install_seccomp
+
+        install_seccomp(seccomp)
 
 
 def limits_preexec(
-    limits: Limits, *, uid: int | None = None, address_space: bool = True
+    limits: Limits,
+    *,
+    uid: int | None = None,
+    address_space: bool = True,
+    jail: JailSpec | None = None,
+    cgroup: ProgramCgroup | None = None,
+    seccomp: SeccompPolicy | None = None,
+    error_fd: int | None = None,
 ) -> Callable[[], None]:
     """A ``preexec_fn`` for :class:`subprocess.Popen` that confines the child (see
     :func:`confine_current_process`). Do not also pass Popen's ``user=``/``start_new_session=``:
-    the uid must be dropped *after* the network namespace is made."""
+    the uid must be dropped *after* the namespaces are made. ``error_fd``: where the child writes
+    why confinement failed (Popen itself only reports "Exception occurred in preexec_fn")."""
 
     def _preexec() -> None:
-        confine_current_process(limits, uid=uid, address_space=address_space)
+        try:
+            confine_current_process(
+                limits, uid=uid, address_space=address_space, jail=jail, cgroup=cgroup, seccomp=seccomp
+            )
+        except BaseException as exc:
+            if error_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.write(error_fd, f"{type(exc).__name__}: {exc}".encode(errors="replace")[:4000])
+            raise
 
     return _preexec
-
-
-def sandbox_description(limits: Limits, *, uid: int | None) -> dict[str, Any]:
-    """What :func:`confine_current_process` will do, computed in the parent (for ``ExecResult.sandbox``)."""
-    if limits.network:
-        net = "allowed"
-    else:
-        net = "netns" if network_isolation_available() else "not isolated"
-    return {
-        "network": net,
-        "user": f"uid {uid}" if uid is not None else "not isolated (not root)",
-        "rlimits": "as,cpu,fsize,core,nproc",
-        "session": "setsid",
-    }
 
 
 def scrubbed_env(home: str | os.PathLike[str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -245,34 +273,6 @@ def scrubbed_env(home: str | os.PathLike[str], extra: Mapping[str, str] | None =
     if extra:
         env.update({str(k): str(v) for k, v in extra.items()})
     return env
-
-
-@contextlib.contextmanager
-def private_tmpdir(prefix: str = "gen3deval-sbx-", *, owner_uid: int | None = None) -> Iterator[Path]:
-    """A fresh 0700 temporary directory (owned by ``owner_uid`` when given), removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        if owner_uid is not None:
-            os.chown(path, owner_uid, owner_uid)
-        yield path
-    finally:
-        remove_tree(path)
-
-
-def remove_tree(path: str | os.PathLike[str]) -> None:
-    """rm -rf that also copes with read-only directories a program left behind."""
-
-    def _onerror(func: Any, p: str, exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p) or p, 0o700)
-            os.chmod(p, 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                os.unlink(p)
-
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=_onerror)
 
 
 def kill_process_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
@@ -340,30 +340,6 @@ def kill_uid_processes(uid: int, *, rounds: int = 50) -> int:
     return sent
 
 
-def sweep_uid_files(
-    uid: int, dirs: Sequence[str] = WORLD_WRITABLE_DIRS, *, keep: Sequence[str | os.PathLike[str]] = ()
-) -> list[str]:
-    """Delete top-level entries owned by ``uid`` in world-writable ``dirs`` except ``keep``;
-    returns what was removed."""
-    if uid < SANDBOX_UID_BASE:
-        raise ValueError(f"refusing to sweep files of uid {uid}: not a sandbox uid")
-    removed = []
-    kept = {os.path.realpath(k) for k in keep}
-    for d in dirs:
-        try:
-            entries = list(os.scandir(d))
-        except OSError:
-            continue
-        for e in entries:
-            if os.path.realpath(e.path) in kept:
-                continue
-            with contextlib.suppress(OSError):
-                if e.stat(follow_symlinks=False).st_uid == uid:
-                    remove_tree(e.path) if e.is_dir(follow_symlinks=False) else os.unlink(e.path)
-                    removed.append(e.path)
-    return removed
-
-
 def peak_rss_mb(rusage: resource.struct_rusage) -> float:
     """ru_maxrss (KiB on Linux) in MiB. For a forked child it includes pages shared with the parent."""
     return float(rusage.ru_maxrss) / 1024.0
@@ -390,14 +366,32 @@ def wait_with_deadline(pid: int, deadline: float, *, pgid: int | None = None) ->
         delay = min(delay * 2, 0.02)
 
 
+# Output that shows a program ran out of memory before it was killed (evidence for a SIGKILL).
+_OOM_EVIDENCE = (
+    b"MemoryError",
+    b"out of memory",
+    b"Out of memory",
+    b"std::bad_alloc",
+    b"Cannot allocate memory",
+)
+
+
 def classify_signal(
-    returncode: int, limits: Limits, *, timed_out: bool = False, cpu_s: float | None = None
+    returncode: int,
+    limits: Limits,
+    *,
+    timed_out: bool = False,
+    cpu_s: float | None = None,
+    oom_killed: bool | None = None,
+    stderr: bytes | str | None = None,
 ) -> str | None:
     """The error class of a process that ended with ``returncode`` (negative = killed by signal).
 
     ``timed_out``: the parent killed it at the wall limit. ``cpu_s``: CPU seconds it used (from
-    rusage), to recognise the SIGKILL that RLIMIT_CPU's hard limit sends. Returns ``"timeout"``,
-    ``"memory"``, ``"runtime"`` or None for a clean exit 0.
+    rusage), to recognise the SIGKILL that RLIMIT_CPU's hard limit sends. A SIGKILL is ``"memory"``
+    only with evidence: ``oom_killed`` (the program's cgroup saw an OOM kill) or out-of-memory text
+    in ``stderr``; otherwise (e.g. a program that SIGKILLs itself) it is ``"runtime"`` (say "killed
+    by SIGKILL"). Returns ``"timeout"``, ``"memory"``, ``"runtime"`` or None for a clean exit 0.
     """
     if timed_out:
         return "timeout"
@@ -411,7 +405,12 @@ def classify_signal(
     if sig == signal.SIGKILL:
         if cpu_s is not None and limits.cpu_s > 0 and cpu_s >= limits.cpu_s - 0.05:
             return "timeout"
-        return "memory"  # not killed by us and not for CPU: the kernel's OOM killer
+        if oom_killed:
+            return "memory"
+        err = stderr.encode(errors="replace") if isinstance(stderr, str) else (stderr or b"")
+        if any(m in err[-8192:] for m in _OOM_EVIDENCE):
+            return "memory"
+        return "runtime"  # no evidence of the OOM killer: the program (or a child of it) killed itself
     if sig == signal.SIGXFSZ:
         return "runtime"
     return "runtime"
@@ -439,7 +438,9 @@ class ProcessOutcome:
 
     returncode: exit code, or -signal when killed. timed_out: killed by us at the wall limit.
     stdout/stderr: captured bytes (stdout up to ``max_stdout_bytes``, stderr a tail).
-    wall_s: seconds; peak_mb: ru_maxrss of the reaped process; cpu_s: user+system CPU seconds.
+    wall_s: seconds; peak_mb: ru_maxrss of the reaped process (or the cgroup's peak when larger);
+    cpu_s: user+system CPU seconds. oom_killed: the program's cgroup recorded an OOM kill.
+    sandbox: the parent-side description (:func:`sandbox_description`).
     """
 
     returncode: int
@@ -451,6 +452,7 @@ class ProcessOutcome:
     peak_mb: float = 0.0
     cpu_s: float = 0.0
     sandbox: dict[str, Any] = field(default_factory=dict)
+    oom_killed: bool = False
 
 
 def run_limited(
@@ -464,28 +466,124 @@ def run_limited(
     address_space: bool = True,
     max_stdout_bytes: int = 256 * 1024 * 1024,
     max_stderr_bytes: int = 64 * 1024,
+    isolation: Isolation | None = None,
+    jail: JailSpec | None = None,
+    seccomp: SeccompPolicy | None = None,
 ) -> ProcessOutcome:
     """Run ``argv`` confined (see :func:`confine_current_process`) with a wall-clock kill.
 
+    Layers beyond the always-on ones follow ``isolation`` (default: :func:`default_isolation`, i.e.
+    ``GEN3DEVAL_SANDBOX``): a program cgroup where the host has one; ``jail`` (then ``cwd`` is
+    ignored: the program starts in WORK_DIR, which is also HOME and TMPDIR) where mount namespaces
+    work; ``seccomp`` (default: a filter that allows fork and exec; ``allow_exec`` must be True since
+    the filter is installed before exec) where available. A layer that cannot be set up on this host is
+    left out and the ``sandbox`` description says so; a layer that fails in the child raises
+    :class:`SandboxSetupError` and the program does not run.
+
     The whole process group is SIGKILLed at ``limits.wall_s`` and again after exit (stray
-    descendants); with ``uid`` every process of that uid is killed too and reaped (the calling
-    process becomes a child subreaper for that). Output is read concurrently
-    so a chatty program cannot block on a full pipe.
+    descendants), then everything in the cgroup; with ``uid`` every process of that uid is killed
+    too and reaped (the calling process becomes a child subreaper for that). Output is read
+    concurrently so a chatty program cannot block on a full pipe.
     """
+    from gen3deval.execute.sandbox.cgroups import create_program_cgroup
+    from gen3deval.execute.sandbox.jail import WORK_DIR, jail_available
+    from gen3deval.execute.sandbox.seccomp import SeccompPolicy, seccomp_available
+
+    iso = isolation if isolation is not None else default_isolation()
+    use_jail = jail if jail is not None and iso.filesystem and jail_available() else None
+    if iso.seccomp and seccomp is None:
+        seccomp = SeccompPolicy(allow_fork=True, allow_exec=True)
+    use_seccomp = seccomp if seccomp is not None and iso.seccomp and seccomp_available() else None
+    if use_seccomp is not None and not use_seccomp.allow_exec:
+        raise ValueError(
+            "run_limited execs the program after the filter is installed: allow_exec=True needed"
+        )
+    env = dict(env)
+    if use_jail is not None:
+        env["HOME"] = env["TMPDIR"] = WORK_DIR
     if uid is not None:
         become_subreaper()  # so that orphans of the program can be reaped, not left as zombies
+    cgroup = create_program_cgroup(limits) if iso.cgroup else None
+    description = sandbox_description(
+        limits,
+        uid=uid,
+        jail={"work_mb": use_jail.work_mb} if use_jail is not None else False,
+        cgroup=cgroup,
+        seccomp=use_seccomp,
+        isolation=iso,
+        address_space=address_space,
+    )
+    err_r, err_w = os.pipe()
+    preexec = limits_preexec(
+        limits,
+        uid=uid,
+        address_space=address_space,
+        jail=use_jail,
+        cgroup=cgroup,
+        seccomp=use_seccomp,
+        error_fd=err_w,
+    )
     t0 = time.monotonic()
     deadline = t0 + limits.wall_s
-    proc = subprocess.Popen(
-        list(argv),
-        cwd=str(cwd),
-        env=dict(env),
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=limits_preexec(limits, uid=uid, address_space=address_space),
-        close_fds=True,
-    )
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=str(cwd),
+            env=env,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=preexec,
+            close_fds=True,
+        )
+    except subprocess.SubprocessError as exc:
+        os.close(err_w)
+        why = _read_all(err_r).decode(errors="replace") or str(exc)
+        os.close(err_r)
+        if cgroup is not None:
+            cgroup.remove()
+        raise SandboxSetupError(f"sandbox setup failed, the program did not run: {why}") from exc
+    except BaseException:
+        os.close(err_w)
+        os.close(err_r)
+        if cgroup is not None:
+            cgroup.remove()
+        raise
+    os.close(err_w)
+    os.close(err_r)
+    try:
+        outcome = _drive(proc, limits, stdin, deadline, max_stdout_bytes, max_stderr_bytes, uid)
+    finally:
+        if cgroup is not None:
+            cgroup.kill_all()
+    outcome.wall_s = time.monotonic() - t0
+    outcome.sandbox = description
+    if cgroup is not None:
+        outcome.oom_killed = cgroup.oom_killed()
+        peak = cgroup.peak_mb()
+        if peak is not None:
+            outcome.peak_mb = max(outcome.peak_mb, peak)
+        cgroup.remove()
+    return outcome
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _drive(
+    proc: subprocess.Popen[bytes],
+    limits: Limits,
+    stdin: bytes | None,
+    deadline: float,
+    max_stdout_bytes: int,
+    max_stderr_bytes: int,
+    uid: int | None,
+) -> ProcessOutcome:
+    """Feed stdin, collect output, enforce the wall-clock deadline, kill and reap what is left."""
     out = bytearray()
     err = bytearray()
     truncated = False
@@ -551,309 +649,6 @@ def run_limited(
         stdout=bytes(out),
         stderr=bytes(err[-max_stderr_bytes:]),
         stdout_truncated=truncated,
-        wall_s=time.monotonic() - t0,
         peak_mb=peak_rss_mb(ru) if ru is not None else 0.0,
         cpu_s=(ru.ru_utime + ru.ru_stime) if ru is not None else 0.0,
-        sandbox=sandbox_description(limits, uid=uid),
     )
-
-
-# --- Private mount namespace ----------------------------------------------------------------------
-MS_RDONLY = 1
-MS_NOSUID = 2
-MS_NODEV = 4
-MS_REMOUNT = 32
-MS_BIND = 4096
-MS_REC = 16384
-MS_PRIVATE = 1 << 18
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = [None if x is None else x.encode() for x in (source, target, fstype, data)]
-    if _libc().mount(enc[0], enc[1], enc[2], ctypes.c_ulong(flags), enc[3]) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {target}: {os.strerror(err)}")
-
-
-def _first_blocker(path: str) -> str | None:
-    """The first ancestor of ``path`` (or itself) that other users may not traverse (no o+x)."""
-    parts = Path(path).parts
-    for i in range(2, len(parts) + 1):
-        p = os.path.join(*parts[:i])
-        try:
-            if not os.stat(p).st_mode & 0o001:
-                return p
-        except OSError:
-            return None
-    return None
-
-
-def private_mount_namespace(
-    expose: Sequence[str | os.PathLike[str]],
-    tmpfs_dirs: Sequence[str] = WORLD_WRITABLE_DIRS,
-    *,
-    tmpfs_size_mb: int = 512,
-) -> dict[str, Any]:
-    """Move the calling process (root) into a private mount namespace, inherited by its children:
-
-    - every directory in ``expose`` becomes reachable by unprivileged uids: an ancestor they cannot
-      traverse (e.g. ``/root``, mode 0700, holding a pyenv Python) is covered by an empty tmpfs that
-      holds only a read-only bind mount of the path leading to the exposed directory, so the rest
-      of that ancestor (keys, dotfiles) disappears from view;
-    - each of ``tmpfs_dirs`` (default /tmp, /var/tmp, /dev/shm) becomes a fresh, private tmpfs, so
-      what a program writes there is invisible to the host and vanishes with the namespace.
-
-    Returns a description for ``ExecResult.sandbox``; raises OSError where mounts are not permitted.
-    """
-    unshare(CLONE_NEWNS)
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    exposed: list[str] = []
-    for raw in expose:
-        target = os.path.realpath(os.fspath(raw))
-        for _ in range(16):
-            blocker = _first_blocker(target)
-            if blocker is None:
-                break
-            rel = os.path.relpath(target, blocker)
-            if rel == ".":
-                raise OSError(errno.EACCES, f"{target} itself is not traversable by other users")
-            first = rel.split(os.sep)[0]
-            fd = os.open(blocker, os.O_PATH | os.O_DIRECTORY)
-            try:
-                keep = [e for e in exposed if e.startswith(blocker + os.sep)]
-                _mount("tmpfs", blocker, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
-                for name in {first, *(os.path.relpath(e, blocker).split(os.sep)[0] for e in keep)}:
-                    dst = os.path.join(blocker, name)
-                    src = f"/proc/self/fd/{fd}/{name}"
-                    if os.path.isdir(src):
-                        os.makedirs(dst, exist_ok=True)
-                    else:
-                        Path(dst).touch()
-                    _mount(src, dst, None, MS_BIND | MS_REC)
-                    _mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-            finally:
-                os.close(fd)
-        exposed.append(target)
-    private = []
-    for d in tmpfs_dirs:
-        if not os.path.isdir(d):
-            continue
-        real_d = os.path.realpath(d)
-        # Exposed paths inside a directory about to be covered (a checkout or virtualenv under /tmp, as in a
-        # CI clone) are kept: held open across the new tmpfs, then bound back read-only at the same path.
-        inside = [e for e in exposed if e.startswith(real_d + os.sep)]
-        fds = [os.open(e, os.O_PATH | os.O_DIRECTORY) for e in inside]
-        try:
-            _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={int(tmpfs_size_mb)}m")
-            for e, fd in zip(inside, fds, strict=True):
-                os.makedirs(e, mode=0o755, exist_ok=True)
-                _mount(f"/proc/self/fd/{fd}", e, None, MS_BIND | MS_REC)
-                _mount(None, e, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-        finally:
-            for fd in fds:
-                os.close(fd)
-        private.append(d)
-    return {"filesystem": "private mount namespace", "private_tmpfs": private, "exposed": exposed}
-
-
-# --- Python audit-hook tripwire -------------------------------------------------------------------
-# Events that a geometry program never needs: processes, network, native code, introspection of the
-# interpreter's heap (a way to find and disable the hook's state), limits, links, signals.
-FLAGGED_EVENTS = frozenset(
-    {
-        "os.system",
-        "os.exec",
-        "os.posix_spawn",
-        "os.spawn",
-        "os.fork",
-        "os.forkpty",
-        "subprocess.Popen",
-        "pty.spawn",
-        "socket.connect",
-        "socket.bind",
-        "socket.sendto",
-        "socket.sendmsg",
-        "socket.getaddrinfo",
-        "socket.gethostbyname",
-        "socket.gethostbyaddr",
-        "socket.getnameinfo",
-        "urllib.Request",
-        "http.client.connect",
-        "smtplib.connect",
-        "ftplib.connect",
-        "webbrowser.open",
-        "ctypes.dlopen",
-        "ctypes.dlsym",
-        "ctypes.dlsym/handle",
-        "ctypes.cdata",
-        "ctypes.cdata/buffer",
-        "ctypes.call_function",
-        "ctypes.addressof",
-        "ctypes.string_at",
-        "ctypes.wstring_at",
-        "ctypes.PyObj_FromPtr",
-        "gc.get_objects",
-        "gc.get_referrers",
-        "gc.get_referents",
-        "resource.setrlimit",
-        "resource.prlimit",
-        "os.symlink",
-        "os.link",
-        "os.kill",
-        "os.killpg",
-        "signal.pthread_kill",
-        "sys.remote_exec",
-    }
-)
-# Events whose first argument(s) are paths that may only be *read* inside the read roots.
-_READ_PATH_EVENTS = {"os.listdir": 1, "os.scandir": 1, "glob.glob": 1, "glob.glob/2": 1, "os.chdir": 1}
-# Events that change the file system: every path argument must lie inside the write roots.
-_WRITE_PATH_EVENTS = {
-    "os.remove": 1,
-    "os.rmdir": 1,
-    "os.rename": 2,
-    "os.mkdir": 1,
-    "os.chmod": 1,
-    "os.chown": 1,
-    "os.truncate": 1,
-    "os.utime": 1,
-    "os.setxattr": 1,
-    "os.removexattr": 1,
-    "shutil.rmtree": 1,
-    "shutil.copyfile": 2,
-    "shutil.copytree": 2,
-    "shutil.move": 2,
-    "sqlite3.connect": 1,
-}
-_OPEN_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_DEVICE_OK = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
-
-
-def _under(path: str, roots: Sequence[str]) -> bool:
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
-
-
-NETWORK_EVENTS = frozenset(
-    e for e in FLAGGED_EVENTS if e.startswith(("socket.", "urllib.", "http.", "smtplib.", "ftplib."))
-)
-
-
-def install_audit_tripwire(
-    write_roots: Sequence[str | os.PathLike[str]],
-    read_roots: Sequence[str | os.PathLike[str]],
-    on_violation: Callable[[str, str], None],
-    *,
-    allow_network: bool = False,
-) -> None:
-    """Install a ``sys.addaudithook`` that reports what a sandboxed Python program must not do.
-
-    Reported (``on_violation(event, detail)``): any event in :data:`FLAGGED_EVENTS` (processes,
-    sockets, ctypes, gc heap walks, rlimits, links, signals); opening a file for writing, or
-    changing the file system, outside ``write_roots``; reading or listing outside ``read_roots`` |
-    ``write_roots`` (give the interpreter's library directories so imports keep working). If
-    ``on_violation`` returns, the operation is blocked with PermissionError.
-
-    ``allow_network=True`` (``Limits.network``) lets :data:`NETWORK_EVENTS` through.
-
-    This is a classification tripwire, not a boundary: the OS limits are the boundary. Hooks
-    cannot be removed once installed; install it last, just before running the program.
-    """
-    import sys
-
-    writes = tuple(os.path.realpath(os.fspath(p)) for p in write_roots)
-    reads = writes + tuple(os.path.realpath(os.fspath(p)) for p in read_roots)
-    busy = [False]
-    flagged = FLAGGED_EVENTS - NETWORK_EVENTS if allow_network else FLAGGED_EVENTS
-
-    def _resolve(p: Any) -> str | None:
-        if isinstance(p, int) or p is None:
-            return None  # an already-open descriptor: it was opened under the same rules
-        try:
-            return os.path.realpath(os.fsdecode(os.fspath(p)))
-        except (TypeError, ValueError):
-            return "<unresolvable path>"
-
-    def _check(event: str, args: tuple[Any, ...]) -> str | None:
-        if event in flagged:
-            return f"{event}{_short(args)}"
-        if event == "open" and args:
-            path = _resolve(args[0])
-            if path is None or path in _DEVICE_OK:
-                return None
-            mode = args[1] if len(args) > 1 else None
-            flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
-            write = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool(
-                flags & _OPEN_WRITE_FLAGS
-            )
-            allowed = writes if write else reads
-            if not _under(path, allowed):
-                return f"open {path!r} for {'writing' if write else 'reading'} outside the sandbox directory"
-            return None
-        n = _READ_PATH_EVENTS.get(event)
-        if n:
-            for p in args[:n]:
-                path = _resolve(p) if p is not None else _resolve(".")
-                if path is not None and not _under(path, reads):
-                    return f"{event} {path!r} outside the sandbox directory"
-            return None
-        n = _WRITE_PATH_EVENTS.get(event)
-        if n:
-            for p in args[:n]:
-                path = _resolve(p)
-                if path is not None and not _under(path, writes):
-                    return f"{event} {path!r} outside the sandbox directory"
-        return None
-
-    def _hook(event: str, args: tuple[Any, ...]) -> None:
-        if busy[0]:
-            return
-        busy[0] = True
-        try:
-            detail = _check(event, args)
-        finally:
-            busy[0] = False
-        if detail is not None:
-            on_violation(event, detail)
-            raise PermissionError(f"sandbox: {detail}")
-
-    sys.addaudithook(_hook)
-
-
-def _short(args: tuple[Any, ...], limit: int = 160) -> str:
-    text = repr(args)
-    return text if len(text) <= limit else text[:limit] + "...)"
-
-
-__all__ = [
-    "CLONE_NEWNET",
-    "FLAGGED_EVENTS",
-    "NETWORK_EVENTS",
-    "SANDBOX_UID_BASE",
-    "ProcessOutcome",
-    "apply_rlimits",
-    "become_subreaper",
-    "can_switch_user",
-    "classify_signal",
-    "confine_current_process",
-    "drop_privileges",
-    "install_audit_tripwire",
-    "isolate_network",
-    "kill_process_group",
-    "kill_uid_processes",
-    "limits_preexec",
-    "network_isolation_available",
-    "peak_rss_mb",
-    "private_mount_namespace",
-    "private_tmpdir",
-    "remove_tree",
-    "run_limited",
-    "sandbox_description",
-    "sandbox_uid",
-    "scrubbed_env",
-    "set_parent_death_signal",
-    "signal_name",
-    "sweep_uid_files",
-    "tail",
-    "uid_processes",
-    "wait_with_deadline",
-]
