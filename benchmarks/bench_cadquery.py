@@ -7,6 +7,10 @@ switches uid and installs the audit tripwire. The baseline runs on a fixed subse
 programs of the file) because it is slow; the warm side runs that same subset and all 100, and the
 speed-up compares programs per second on the same subset.
 
+The isolation layers of the warm side follow ``GEN3DEVAL_SANDBOX`` (``full``, the default: jail,
+per-program cgroup, seccomp). The cost of those layers is measured in the same run: all programs
+again on a second pool with ``basic`` isolation (none of the three), and the ratio is printed.
+
 Run: python benchmarks/bench_cadquery.py [--subset 20] [--jobs N]
 """
 
@@ -83,6 +87,15 @@ def main() -> int:
     t_warm_all = time.perf_counter() - t0
     cqw.shutdown()
 
+    # The same, with the jail, cgroup and seccomp layers off: what the full isolation costs.
+    basic = cqw.WorkerPool(jobs, isolation=sandbox.Isolation(filesystem=False, cgroup=False, seccomp=False))
+    basic.warm(jobs)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as ex:
+        basic_all = list(ex.map(lambda p: basic.run(p, limits), programs))
+    t_basic_all = time.perf_counter() - t0
+    basic.shutdown()
+
     # Fresh process per program, same limits, same parallelism.
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=jobs) as ex:
@@ -100,8 +113,17 @@ def main() -> int:
             t_warm_all,
             startup,
         ),
+        (
+            "warm forking workers, all programs, basic isolation",
+            len(programs),
+            sum(r.executable for r in basic_all),
+            t_basic_all,
+            startup,
+        ),
     ]
-    print(f"CadQuery execution, {jobs} jobs on {os.cpu_count()} cores, limits {limits.to_dict()}\n")
+    iso = sandbox.default_isolation()
+    print(f"CadQuery execution, {jobs} jobs on {os.cpu_count()} cores, limits {limits.to_dict()}")
+    print(f"isolation GEN3DEVAL_SANDBOX={os.environ.get('GEN3DEVAL_SANDBOX', 'full')}: {iso}\n")
     print("| method | programs | executable | seconds | programs/s | + worker start-up (s) |")
     print("|---|---|---|---|---|---|")
     for name, n, ok, t, st in rows:
@@ -109,6 +131,10 @@ def main() -> int:
     speedup = (n_sub / t_warm_subset) / (n_sub / t_base)
     incl = (n_sub / (t_warm_subset + startup)) / (n_sub / t_base)
     print(f"\nspeed-up on the same {n_sub} programs: {speedup:.1f}x (counting worker start-up: {incl:.1f}x)")
+    print(
+        f"isolation cost (full vs basic, all programs): {t_warm_all / t_basic_all:.2f}x the time, "
+        f"{100 * (1 - t_basic_all / t_warm_all):.0f}% less throughput"
+    )
     walls = sorted(r.wall_s for r in warm_all)
     print(f"warm per-program wall time: median {walls[len(walls) // 2]:.3f} s, max {walls[-1]:.3f} s")
     return 0

@@ -203,10 +203,11 @@ def _limits(d: dict[str, Any]) -> Any:
     return Limits(**d)
 
 
-def _execute(program: str, language: str, limits: dict[str, Any]) -> Any:
+def _execute(program: str, language: str, limits: dict[str, Any], role: str = "candidate") -> Any:
     from gen3deval.execute import run
 
-    return run(program, language, _limits(limits))
+    # role="reference": ground truth never runs on the warm workers that run candidates.
+    return run(program, language, _limits(limits), role=role)
 
 
 # --- the stages -----------------------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ def stage_reference(case: dict[str, Any], protocol: dict[str, Any], workdir: Pat
             )
             files["mesh"] = path
         elif c.ref_code:
-            res = _execute(c.ref_code, c.ref_code_lang or "cadquery", protocol["limits"])
+            res = _execute(c.ref_code, c.ref_code_lang or "cadquery", protocol["limits"], role="reference")
             value["exec"] = {"wall_s": res.wall_s, "error_class": res.error_class}
             if not res.executable or res.mesh is None:
                 return StageResult.fail(

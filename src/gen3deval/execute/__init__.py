@@ -7,6 +7,7 @@ One interface for every language::
     check_runtime("threejs")                         # DependencyError with the fix if Node/three is missing
     code = extract_code(model_answer, "threejs")    # None when the answer holds no code
     result = run(code, "threejs")                    # ExecResult; never raises for a bad program
+    ref = run(truth, "cadquery", role="reference")   # ground truth: never on a candidate's worker
     results = run_many(programs, "cadquery", jobs=2) # input order; None/empty entries -> no_code
 
 The languages are the :data:`EXECUTORS` registry (:mod:`gen3deval.execute.registry`), one module per
@@ -42,15 +43,18 @@ def default_limits(language: str) -> Limits:
     return get_executor(language).default_limits()
 
 
-def run(program: str | None, language: str, limits: Limits | None = None) -> ExecResult:
+def run(
+    program: str | None, language: str, limits: Limits | None = None, *, role: str = "candidate"
+) -> ExecResult:
     """Run one program of ``language`` (``"cadquery"`` or ``"threejs"``) in its sandbox.
 
-    A None/empty/whitespace program gives error class ``no_code``. Raises ConfigError for an unknown
-    language, DependencyError when the language's runtime is missing (an environment error, never a
-    program's failure), ExecutionError when the sandbox itself fails; every failure of the program is an
-    ExecResult.
+    A None/empty/whitespace program gives error class ``no_code``. ``role``: ``"candidate"`` (a
+    system's program, the default) or ``"reference"`` (a suite's ground truth); the two never share a
+    warm worker. Raises ConfigError for an unknown language or role, DependencyError when the
+    language's runtime is missing (an environment error, never a program's failure), ExecutionError
+    when the sandbox itself fails; every failure of the program is an ExecResult.
     """
-    return get_executor(language).run(program, limits)
+    return get_executor(language).run(program, limits, role=role)
 
 
 def run_many(
@@ -58,10 +62,12 @@ def run_many(
     language: str,
     limits: Limits | None = None,
     jobs: int | None = None,
+    *,
+    role: str = "candidate",
 ) -> list[ExecResult]:
     """Run many programs, ``jobs`` at a time (default: the number of cores), results in input order.
-    None/empty entries give ``no_code`` results without running anything."""
-    return get_executor(language).run_many(programs, limits, int(jobs or os.cpu_count() or 1))
+    None/empty entries give ``no_code`` results without running anything. ``role`` as in :func:`run`."""
+    return get_executor(language).run_many(programs, limits, int(jobs or os.cpu_count() or 1), role=role)
 
 
 __all__ = [

@@ -1,22 +1,35 @@
-"""What runs inside the CadQuery worker's forked child: confine, run the program, return geometry.
+"""What runs inside the CadQuery template's forked child: confine, read and run the program, return geometry.
 
-Imported only by the worker process (it imports cadquery). See :mod:`gen3deval.execute.cadquery_worker`
-for the contract; this module holds the result lookup, validation and tessellation.
+Imported only by the template worker process (it imports cadquery), and imported there *before* any
+program runs: after the jail is entered the child can no longer read gen3deval's sources. See
+:mod:`gen3deval.execute.cadquery_worker` for the contract and the protocol; this module holds the
+child's life (:func:`child_main`), the result lookup, validation and tessellation.
+
+The child talks to two parties:
+
+- the template, over the *setup pipe*, once: ``K`` + JSON (confinement done; written after every
+  layer is in place and before the program is even compiled) or ``E`` + a message (confinement
+  failed: the program never runs). The pipe is closed before the program runs, so nothing the
+  program writes can pass for a sandbox failure;
+- the client, over the *result pipe* the client created: one frame (JSON header + the mesh arrays),
+  which the client treats as untrusted input.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import json
 import linecache
 import math
 import os
 import signal
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from types import CodeType
-from typing import Any, NoReturn
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import cadquery as cq
 import numpy as np
@@ -29,11 +42,19 @@ from gen3deval.execute import sandbox
 from gen3deval.execute._cq_wire import encode_frame, write_all
 from gen3deval.execute.result import Limits
 
+if TYPE_CHECKING:  # the template imports these modules itself before any fork
+    from gen3deval.execute.sandbox.cgroups import ProgramCgroup
+    from gen3deval.execute.sandbox.jail import JailSpec
+    from gen3deval.execute.sandbox.seccomp import SeccompPolicy
+
 # Variables searched for the result, in this order (the GenCAD convention is ``solid``).
 RESULT_NAMES = ("solid", "result", "shape", "part", "model", "obj")
 PROGRAM_FILENAME = "<program>"
 VIOLATION_EXIT = 87  # exit status of a child stopped by the audit tripwire
 SANDBOX_ERROR_EXIT = 88  # the child could not be confined (a sandbox failure, not the program's)
+SETUP_OK = b"K"  # first byte on the setup pipe: confined, the program is about to run
+SETUP_FAILED = b"E"  # first byte on the setup pipe: confinement failed, the program never ran
+MAX_PROGRAM_BYTES = 64 * 1024 * 1024
 
 # Canonical frame: CadQuery is +Z up; gen3deval is +Y up: (x, y, z) -> (x, z, -y), a proper rotation.
 Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
@@ -227,6 +248,27 @@ def weld(v: np.ndarray, f: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarr
 # --------------------------------------------------------------------------------------------------
 # The child's life
 # --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChildSpec:
+    """What the template decided for one program (trusted: none of it comes from the program).
+
+    workdir: the program's cwd (:data:`~gen3deval.execute.sandbox.jail.WORK_DIR` inside a jail, else
+    a fresh job directory). read_roots: directories the tripwire lets the program read (the jail's
+    library directories). tripwire: install the audit hook (tests of the OS layers turn it off).
+    """
+
+    limits: Limits
+    uid: int | None
+    workdir: str
+    jail: JailSpec | None
+    cgroup: ProgramCgroup | None
+    seccomp: SeccompPolicy | None
+    tripwire: bool
+    read_roots: tuple[str, ...]
+    linear_tolerance: float
+    angular_tolerance: float
+
+
 def _message(exc: BaseException) -> str:
     line = None
     for frame, lineno in traceback.walk_tb(exc.__traceback__):
@@ -236,6 +278,14 @@ def _message(exc: BaseException) -> str:
     if line is not None:
         text += f" (program line {line})"
     return text[:600]
+
+
+def _program_tb(tb: TracebackType | None) -> TracebackType | None:
+    """The traceback from the program's first frame on: the executor's own frames are left out (their
+    source is not in the jail, and reading it would trip the audit hook)."""
+    while tb is not None and tb.tb_frame.f_code.co_filename != PROGRAM_FILENAME:
+        tb = tb.tb_next
+    return tb
 
 
 def _classify_exception(exc: BaseException) -> str:
@@ -257,39 +307,66 @@ def _flush_std() -> None:
             stream.flush()
 
 
-def is_under(path: str, roots: list[str]) -> bool:
+def is_under(path: str, roots: list[str] | tuple[str, ...]) -> bool:
     """True when ``path`` is one of ``roots`` or inside one."""
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def read_roots() -> list[str]:
-    """Directories a program may read (so lazy imports work): the interpreter's library dirs."""
-    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    roots.update(p for p in sys.path if p and os.path.isabs(p))
+def read_roots(exposed: tuple[str, ...] | None = None) -> list[str]:
+    """Directories a program may read (so lazy imports work): the interpreter's library dirs.
+
+    ``exposed``: the jail's read-only paths (only their library directories count); default: the
+    interpreter's prefixes and the absolute entries of sys.path.
+    """
+    if exposed is None:
+        roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+        roots.update(p for p in sys.path if p and os.path.isabs(p))
+    else:
+        roots = set(exposed)
     out = []
     for r in roots:
         real = os.path.realpath(r)
         # Never a broad root such as "/" or "/usr": only library directories.
-        if os.path.isdir(real) and len(Path(real).parts) > 2:
+        if os.path.isdir(real) and len(Path(real).parts) > 2 and real not in out:
             out.append(real)
     return sorted(out)
 
 
+def _read_program(fd: int) -> str:
+    """The program text from the client's sealed memory file (read from offset 0, bounded)."""
+    size = os.fstat(fd).st_size
+    if size > MAX_PROGRAM_BYTES:
+        raise ValueError(f"program of {size} bytes")
+    chunks, pos = [], 0
+    while pos < size:
+        chunk = os.pread(fd, min(1 << 20, size - pos), pos)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        pos += len(chunk)
+    return b"".join(chunks).decode("utf-8")
+
+
+def _close_all_but(keep: set[int]) -> None:
+    lo = 0
+    for k in sorted(keep):
+        if k > lo:
+            os.closerange(lo, k)
+        lo = k + 1
+    os.closerange(lo, 1 << 16)
+
+
 def child_main(
-    *,
-    program: str,
-    code: CodeType,
-    limits: Limits,
-    workdir: str,
-    uid: int | None,
-    result_fd: int,
-    out_fd: int,
-    err_fd: int,
-    linear_tolerance: float,
-    angular_tolerance: float,
-    roots: list[str],
+    spec: ChildSpec, *, prog_fd: int, result_fd: int, out_fd: int, err_fd: int, setup_fd: int
 ) -> NoReturn:
-    """Body of the forked child. Never returns: it writes one frame to ``result_fd`` and _exits."""
+    """Body of the forked child. Never returns.
+
+    Confines itself (session, cgroup, network namespace, jail, rlimits, uid, seccomp, then the audit
+    tripwire), reports ``K`` on ``setup_fd`` and closes it, then compiles and runs the program and
+    writes one result frame to ``result_fd`` (the client's pipe) and _exits. A confinement failure
+    is reported as ``E`` + message on ``setup_fd`` and the program never runs.
+    """
+    limits = spec.limits
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -298,25 +375,23 @@ def child_main(
         os.dup2(devnull, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
-        # Nothing of the worker (its request/response pipes) stays reachable from the program.
-        keep = sorted({0, 1, 2, result_fd})
-        lo = 3
-        for k in keep:
-            if k >= lo:
-                os.closerange(lo, k)
-                lo = k + 1
-        os.closerange(lo, 1 << 16)
-        os.chdir(workdir)
-        os.umask(0o077)
-        info = sandbox.confine_current_process(limits, uid=uid, new_session=True)
-        sandbox.set_parent_death_signal(signal.SIGKILL)
+        # Nothing of the template (its control socket, other descriptors) stays reachable.
+        _close_all_but({0, 1, 2, result_fd, setup_fd, prog_fd})
+        program = _read_program(prog_fd)
+        os.close(prog_fd)
+        if spec.jail is None:
+            os.chdir(spec.workdir)
+        sandbox.confine_current_process(
+            limits, uid=spec.uid, new_session=True, jail=spec.jail, cgroup=spec.cgroup, seccomp=spec.seccomp
+        )
+        os.umask(0o077)  # after the jail: its directories must stay traversable (0755) for the uid
+        sandbox.set_parent_death_signal(signal.SIGKILL)  # after the uid change, which clears it
         os.environ.clear()
-        os.environ.update(sandbox.scrubbed_env(workdir))
+        os.environ.update(sandbox.scrubbed_env(spec.workdir))
     except BaseException as exc:  # the sandbox failed, not the program
-        try:
-            _send(result_fd, {"status": "sandbox_error", "message": f"{type(exc).__name__}: {exc}"})
-        finally:
-            os._exit(SANDBOX_ERROR_EXIT)
+        with contextlib.suppress(BaseException):
+            write_all(setup_fd, SETUP_FAILED + f"{type(exc).__name__}: {exc}"[:2000].encode())
+        os._exit(SANDBOX_ERROR_EXIT)
 
     shown: list[Any] = []
 
@@ -333,18 +408,33 @@ def child_main(
         finally:
             os._exit(VIOLATION_EXIT)
 
-    linecache.cache[PROGRAM_FILENAME] = (len(program), None, program.splitlines(True), PROGRAM_FILENAME)
-    namespace: dict[str, Any] = {
-        "__name__": "__main__",
-        "__builtins__": __builtins__,
-        "show_object": show_object,
-        "debug": debug,
-    }
-    sys.argv = [PROGRAM_FILENAME]
-    sandbox.install_audit_tripwire([workdir], roots, on_violation, allow_network=limits.network)
+    try:
+        linecache.cache[PROGRAM_FILENAME] = (len(program), None, program.splitlines(True), PROGRAM_FILENAME)
+        namespace: dict[str, Any] = {
+            "__name__": "__main__",
+            "__builtins__": __builtins__,
+            "show_object": show_object,
+            "debug": debug,
+        }
+        sys.argv = [PROGRAM_FILENAME]
+        if spec.tripwire:
+            sandbox.install_audit_tripwire(
+                [spec.workdir], list(spec.read_roots), on_violation, allow_network=limits.network
+            )
+        write_all(setup_fd, SETUP_OK + json.dumps({"pid": os.getpid()}).encode())
+        os.close(setup_fd)
+    except BaseException as exc:
+        with contextlib.suppress(BaseException):
+            write_all(setup_fd, SETUP_FAILED + f"{type(exc).__name__}: {exc}"[:2000].encode())
+        os._exit(SANDBOX_ERROR_EXIT)
+    # ---- from here on, everything is the program's (nothing it does can reach the setup pipe) ----
     header: dict[str, Any]
     blobs: tuple[bytes, ...] = ()
     try:
+        try:
+            code = compile(program, PROGRAM_FILENAME, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+            raise ProgramFailure("syntax", f"{type(exc).__name__}: {exc}") from None
         try:
             exec(code, namespace)
         except SystemExit as exc:
@@ -353,8 +443,8 @@ def child_main(
         order = assignment_order(ast.parse(program))
         name, value = find_result(namespace, shown, order)
         solids = result_solids(value)
-        v, f, tinfo = tessellate(solids, linear_tolerance, angular_tolerance)
-        header = {"status": "ok", "result_name": name, **tinfo, "sandbox": info}
+        v, f, tinfo = tessellate(solids, spec.linear_tolerance, spec.angular_tolerance)
+        header = {"status": "ok", "result_name": name, **tinfo}
         header["dtype_v"], header["dtype_f"] = "<f8", "<i8"
         header["n_vertices"], header["n_faces"] = len(v), len(f)
         blobs = (v.astype("<f8").tobytes(), f.astype("<i8").tobytes())
@@ -365,9 +455,8 @@ def child_main(
             namespace.clear()  # free what the program holds so that reporting can allocate
             shown.clear()
         with contextlib.suppress(BaseException):
-            traceback.print_exception(exc)
+            traceback.print_exception(type(exc), exc, _program_tb(exc.__traceback__))
         header = {"status": "error", "error_class": _classify_exception(exc), "message": _message(exc)}
-    header.setdefault("sandbox", info)
     _flush_std()
     try:
         _send(result_fd, header, blobs)

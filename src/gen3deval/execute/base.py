@@ -21,6 +21,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from gen3deval.errors import ConfigError
 from gen3deval.execute.result import ExecResult, Limits
 
 
@@ -133,27 +134,59 @@ class Executor(ABC):
             limits=limits,
         )
 
-    def run(self, program: str | None, limits: Limits | None = None) -> ExecResult:
+    # Roles: "reference" programs (a suite's ground truth) and "candidate" programs (what a system
+    # generated). An executor that keeps state between programs (warm workers) must run them apart;
+    # one that starts a fresh process per program may ignore the role (the default hooks below).
+    def _run_one_as(self, program: str, limits: Limits, role: str) -> ExecResult:
+        """Run one non-empty program of ``role``; default: :meth:`_run_one` (no state is shared)."""
+        return self._run_one(program, limits)
+
+    def _run_all_as(self, programs: list[str], limits: Limits, jobs: int, role: str) -> list[ExecResult]:
+        """Run non-empty programs of ``role``; default: :meth:`_run_all` (no state is shared)."""
+        return self._run_all(programs, limits, jobs)
+
+    def run(
+        self, program: str | None, limits: Limits | None = None, *, role: str = "candidate"
+    ) -> ExecResult:
         """Run one program in the sandbox: an ExecResult for every outcome of the program (None or blank:
-        ``no_code``); DependencyError when the runtime is missing, ExecutionError when the sandbox fails."""
+        ``no_code``); DependencyError when the runtime is missing, ExecutionError when the sandbox fails.
+        ``role``: ``"candidate"`` (default) or ``"reference"`` (ConfigError otherwise); reference and
+        candidate programs never share a warm worker."""
+        role = check_role(role)
         limits = limits or self.default_limits()
         if program is None or not program.strip():
             return self.no_code(limits)
-        return self._run_one(program, limits)
+        return self._run_one_as(program, limits, role)
 
     def run_many(
-        self, programs: Sequence[str | None], limits: Limits | None = None, jobs: int = 1
+        self,
+        programs: Sequence[str | None],
+        limits: Limits | None = None,
+        jobs: int = 1,
+        *,
+        role: str = "candidate",
     ) -> list[ExecResult]:
         """Run many programs ``jobs`` at a time, results in input order; None/blank entries give
-        ``no_code`` without running anything."""
+        ``no_code`` without running anything. ``role`` as in :meth:`run`."""
+        role = check_role(role)
         limits = limits or self.default_limits()
         out = [self.no_code(limits) for _ in programs]
         todo = [(i, p) for i, p in enumerate(programs) if p is not None and p.strip()]
         if todo:
-            results = self._run_all([p for _, p in todo], limits, max(1, int(jobs)))
+            results = self._run_all_as([p for _, p in todo], limits, max(1, int(jobs)), role)
             for (i, _), r in zip(todo, results, strict=True):
                 out[i] = r
         return out
 
 
-__all__ = ["CodeSyntax", "Executor"]
+ROLES = ("candidate", "reference")
+
+
+def check_role(role: str) -> str:
+    """``role`` when it is one of :data:`ROLES`; ConfigError naming them otherwise."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown program role {role!r}; expected one of {', '.join(ROLES)}")
+    return role
+
+
+__all__ = ["ROLES", "CodeSyntax", "Executor", "check_role"]

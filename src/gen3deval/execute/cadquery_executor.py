@@ -1,6 +1,7 @@
 """The CadQuery executor: Python programs that import ``cadquery`` and leave a solid in ``solid`` (or
-``result``, ``shape``, ...), run by the warm sandboxed workers of :mod:`gen3deval.execute.cadquery_worker`
-(the contract is ``docs/cadquery-contract.md``).
+``result``, ``shape``, ...), run by the warm sandboxed template workers of :mod:`gen3deval.execute.cadquery_worker` (client side:
+:mod:`gen3deval.execute.cadquery_pool`; one pool per role, reference and candidate; the contract is
+``docs/cadquery-contract.md``).
 
 Its runtime is the ``cadquery`` package (with OCP) importable by this interpreter in the workers'
 environment: ``pip install 'gen3deval[cad]'`` (``make setup`` in a checkout).
@@ -70,7 +71,7 @@ class CadQueryExecutor(Executor):
     def _probe_runtime(self) -> None:
         # Import it the way a worker does (same interpreter and environment) but in a throw-away
         # process: a worker left in this process would be inherited by the engine's forked workers.
-        from gen3deval.execute.cadquery_worker import _worker_env
+        from gen3deval.execute.cadquery_pool import _worker_env
 
         try:
             proc = subprocess.run(
@@ -93,14 +94,21 @@ class CadQueryExecutor(Executor):
             )
 
     def _run_one(self, program: str, limits: Limits) -> ExecResult:
-        from gen3deval.execute.cadquery_worker import run_cadquery
-
-        return run_cadquery(program, limits)
+        return self._run_one_as(program, limits, "candidate")
 
     def _run_all(self, programs: list[str], limits: Limits, jobs: int) -> list[ExecResult]:
-        from gen3deval.execute.cadquery_worker import run_cadquery_many
+        return self._run_all_as(programs, limits, jobs, "candidate")
 
-        return run_cadquery_many(programs, limits, jobs)
+    # Warm workers keep state between programs: each role has its own pool.
+    def _run_one_as(self, program: str, limits: Limits, role: str) -> ExecResult:
+        from gen3deval.execute.cadquery_pool import run_cadquery
+
+        return run_cadquery(program, limits, role=role)
+
+    def _run_all_as(self, programs: list[str], limits: Limits, jobs: int, role: str) -> list[ExecResult]:
+        from gen3deval.execute.cadquery_pool import run_cadquery_many
+
+        return run_cadquery_many(programs, limits, jobs, role=role)
 
 
 EXECUTOR = CadQueryExecutor()
