@@ -1,15 +1,18 @@
 """Three.js executor throughput: programs/s for typical generated programs (10-50 primitives each).
 
 Every program runs as a fresh, fully sandboxed Node process (permission model, own uid, empty network
-namespace, rlimits) and comes back as a parsed Mesh. Measured in the same run:
+namespace, rlimits, and with GEN3DEVAL_SANDBOX=full also the jail, a cgroup and seccomp) and comes back
+as a parsed Mesh. Measured in the same run:
 
+- the isolation levels: GEN3DEVAL_SANDBOX=basic (the always-on layers) vs =full (the default):
+  the cost of the jail (mount namespace, pivot_root, a tmpfs per program), the cgroup and seccomp;
 - gen3deval's startup (a V8 snapshot that already holds three) vs the plain bundle (Node parses
   three on every start): the baseline for the snapshot;
 - sequential (jobs=1) vs parallel (jobs=2, the cores of this machine).
 
-Target (issue 3): >= 8 programs/s on 2 cores.
+Target (issue 3): >= 8 programs/s on 2 cores; issue 9: full isolation costs <= 20% of that.
 
-Run:  python benchmarks/bench_threejs.py [--programs 20] [--rounds 3]
+Run:  python benchmarks/bench_threejs.py [--programs 20] [--rounds 3] [--sandbox basic,full]
 """
 
 from __future__ import annotations
@@ -97,7 +100,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--programs", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3, help="best of N rounds per configuration")
+    ap.add_argument("--sandbox", default="basic,full", help="GEN3DEVAL_SANDBOX levels to compare")
     args = ap.parse_args()
+    levels = [x.strip() for x in args.sandbox.split(",") if x.strip()]
 
     programs, sizes = zip(*(make_program(s) for s in range(args.programs)), strict=True)
     limits = Limits(wall_s=10.0, cpu_s=10.0, memory_mb=2048)
@@ -112,32 +117,51 @@ def main() -> None:
     )
     print()
     print(
-        f"| startup | jobs | programs/s (best of {args.rounds}) | executable | vs plain bundle, same jobs "
+        f"| sandbox | startup | jobs | programs/s (best of {args.rounds}) | executable | vs plain bundle, same jobs "
         "| CPU s / program | programs/s on 2 idle cores (2 / CPU) |"
     )
-    print("|---|---|---|---|---|---|---|")
-    rates: dict[tuple[bool, int], float] = {}
-    cpus: dict[tuple[bool, int], float] = {}
-    for jobs in (1, 2):
-        for snapshot in (False, True):
-            best, ok, cpu = 0.0, 0, float("inf")
-            for _ in range(args.rounds):
-                rate, ok, c = throughput(list(programs), limits, jobs, snapshot)
-                best, cpu = max(best, rate), min(cpu, c)
-            rates[(snapshot, jobs)], cpus[(snapshot, jobs)] = best, cpu
-            ratio = f"{best / rates[(False, jobs)]:.2f}x" if snapshot else "1.00x (baseline)"
-            name = "V8 snapshot (gen3deval)" if snapshot else "plain bundle"
-            print(
-                f"| {name} | {jobs} | {best:.1f} | {ok}/{len(programs)} | {ratio} | {cpu:.3f} | {2 / cpu:.1f} |"
-            )
+    print("|---|---|---|---|---|---|---|---|")
+    rates: dict[tuple[str, bool, int], float] = {}
+    cpus: dict[tuple[str, bool, int], float] = {}
+    before = os.environ.get("GEN3DEVAL_SANDBOX")
+    try:
+        for level in levels:
+            os.environ["GEN3DEVAL_SANDBOX"] = level  # read by every run (sandbox.default_isolation)
+            for jobs in (1, 2):
+                for snapshot in (False, True):
+                    best, ok, cpu = 0.0, 0, float("inf")
+                    for _ in range(args.rounds):
+                        rate, ok, c = throughput(list(programs), limits, jobs, snapshot)
+                        best, cpu = max(best, rate), min(cpu, c)
+                    key = (level, snapshot, jobs)
+                    rates[key], cpus[key] = best, cpu
+                    ratio = f"{best / rates[(level, False, jobs)]:.2f}x" if snapshot else "1.00x (baseline)"
+                    name = "V8 snapshot (gen3deval)" if snapshot else "plain bundle"
+                    print(
+                        f"| {level} | {name} | {jobs} | {best:.1f} | {ok}/{len(programs)} | {ratio} | {cpu:.3f} "
+                        f"| {2 / cpu:.1f} |"
+                    )
+    finally:
+        if before is None:
+            os.environ.pop("GEN3DEVAL_SANDBOX", None)
+        else:
+            os.environ["GEN3DEVAL_SANDBOX"] = before
     print()
-    par = rates[(True, 2)] / rates[(True, 1)]
-    verdict = "met" if rates[(True, 2)] >= 8 else "NOT met"
-    print(
-        f"parallel speed-up (snapshot, jobs=2 vs 1): {par:.2f}x; target >= 8 programs/s: {verdict} "
-        f"({rates[(True, 2)]:.1f}/s measured, {2 / cpus[(True, 2)]:.1f}/s CPU-bound estimate); "
-        f"load average after: {os.getloadavg()[0]:.2f}"
-    )
+    for level in levels:
+        par = rates[(level, True, 2)] / rates[(level, True, 1)]
+        verdict = "met" if rates[(level, True, 2)] >= 8 else "NOT met"
+        print(
+            f"{level}: parallel speed-up (snapshot, jobs=2 vs 1): {par:.2f}x; target >= 8 programs/s: {verdict} "
+            f"({rates[(level, True, 2)]:.1f}/s measured, {2 / cpus[(level, True, 2)]:.1f}/s CPU-bound estimate)"
+        )
+    if "basic" in levels and "full" in levels:
+        cost = 1 - rates[("full", True, 2)] / rates[("basic", True, 2)]
+        cpu_cost = cpus[("full", True, 2)] / cpus[("basic", True, 2)] - 1
+        print(
+            f"isolation cost (full vs basic, snapshot, jobs=2): {100 * cost:.0f}% of throughput, "
+            f"{100 * cpu_cost:+.0f}% CPU per program"
+        )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

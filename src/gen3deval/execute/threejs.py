@@ -25,53 +25,70 @@ How it runs (``docs/threejs-contract.md`` has the full story):
 
 - a fresh ``node`` per program, from a V8 startup snapshot that already holds three (the scaffold
   ``threejs_scaffold/runner.js`` bundled with three's ESM build; built once per Node/three version
-  into a cache directory, see :func:`runtime`), falling back to the plain bundle where snapshots fail;
-- Node's permission model (``--experimental-permission``: no file reads beyond what Node needs to
-  start, no file writes, no child processes, no workers), ``--disallow-code-generation-from-strings``
-  (so ``X.constructor.constructor('return process')`` fails outside the vm), the program inside a
-  ``vm`` context with a timeout and ``microtaskMode: 'afterEvaluate'``;
-- from :mod:`gen3deval.execute.sandbox`: its own process group killed at the wall limit, rlimits
-  (address space, CPU, file size, processes), an empty network namespace where permitted, a scrubbed
-  environment, a private temporary directory and a throw-away uid when we are root.
+  into a cache directory, see :mod:`~gen3deval.execute.threejs_runtime`), falling back to the plain
+  bundle where snapshots fail;
+- before the program is read, the scaffold freezes every intrinsic of the host realm (reachable
+  through three's classes) and the THREE namespace; its exporter reads the program's objects
+  defensively with captured primordials, so a program cannot change how its object is exported;
+- Node's permission model (``--permission``: no file reads beyond what Node needs to start, no file
+  writes, no child processes, no workers), ``--disallow-code-generation-from-strings`` (so
+  ``X.constructor.constructor('return process')`` fails outside the vm), the program inside a ``vm``
+  context with a timeout and ``microtaskMode: 'afterEvaluate'``;
+- from :mod:`gen3deval.execute.sandbox`, per ``GEN3DEVAL_SANDBOX`` (``full`` by default): a jail
+  (read-only minimal root: system directories, node, the one snapshot/bundle file; a private quota'd
+  ``/tmp``; ``/proc`` showing only the program), one cgroup (memory, pids, CPU), a seccomp filter
+  (no fork, no namespaces), plus always its own process group killed at the wall limit, rlimits, an
+  empty network namespace where permitted, a scrubbed environment and a throw-away uid when root.
+  The ``sandbox`` description of the result is built by the parent from what it set up.
 
-The GLB comes back on stdout (the child cannot write files) after one JSON header line.
+The GLB comes back on stdout (the child cannot write files) after one JSON header line, and is read
+as untrusted input (:mod:`~gen3deval.execute.threejs_glb`: every accessor used once, ranges and the
+face/vertex limits checked before anything is copied); whatever the child wrote, :func:`run_threejs`
+returns a classified result.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
-import shutil
-import struct
-import subprocess
-import tempfile
 import textwrap
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from gen3deval.errors import ConfigError, DependencyError, ExecutionError
+from gen3deval.errors import ConfigError, ExecutionError
 from gen3deval.execute import sandbox
 from gen3deval.execute.result import ERROR_CLASSES, ExecResult, Limits
-from gen3deval.mesh.types import Material, Mesh
-
-SCAFFOLD_DIR = Path(__file__).resolve().with_name("threejs_scaffold")
-RUNNER_JS = SCAFFOLD_DIR / "runner.js"
-INSTALL_HINT = f"npm ci --prefix {SCAFFOLD_DIR}"
-NODE_HINT = (
-    "install Node.js >= 20.11 (e.g. apt-get install nodejs npm, or https://nodejs.org) or set GEN3DEVAL_NODE"
+from gen3deval.execute.threejs_glb import GLBError, glb_to_mesh, linear_to_srgb
+from gen3deval.execute.threejs_runtime import (
+    INSTALL_HINT,
+    MIN_NODE,
+    NODE_HINT,
+    RUNNER_JS,
+    SCAFFOLD_DIR,
+    Runtime,
+    _specifiers,
+    build_bundle,
+    cache_dir,
+    install_hint,
+    node_binary,
+    node_flags,
+    others_can_reach,
+    parse_node_version,
+    runtime,
+    scaffold_dir,
+    three_build_dir,
+    three_version,
+    v8_flags,
 )
+from gen3deval.mesh.types import Mesh
 
 # Node refuses to start below ~600 MiB of address space (it reserves a 128 MiB code range and more).
 MIN_MEMORY_MB = 768
@@ -84,354 +101,6 @@ CONTRACT = (
     if __doc__
     else ""
 )
-
-
-# --------------------------------------------------------------------------------------------------
-# runtime: node, the bundle and its snapshot
-# --------------------------------------------------------------------------------------------------
-
-
-# V8 flags are part of a snapshot's identity: a blob only loads under the flags it was built with.
-def v8_flags(heap_mb: int) -> list[str]:
-    """The V8 flags every program runs with (and its snapshot is built with)."""
-    return ["--disallow-code-generation-from-strings", f"--max-old-space-size={int(heap_mb)}"]
-
-
-# Node (not V8) flags: they may differ between building and loading a snapshot.
-def node_flags(version: str) -> list[str]:
-    """The permission model flag for this Node (``--permission`` from 22.13, experimental before) and
-    no ExperimentalWarning on stderr."""
-    return [
-        "--permission" if parse_node_version(version) >= (22, 13) else "--experimental-permission",
-        "--disable-warning=ExperimentalWarning",
-    ]
-
-
-def parse_node_version(version: str) -> tuple[int, int]:
-    """``'v20.20.2'`` -> (20, 20); (0, 0) when unreadable."""
-    m = re.match(r"v?(\d+)\.(\d+)", version.strip())
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-
-
-# The oldest Node with everything used here: the permission model, userland snapshots, --disable-warning.
-MIN_NODE = (20, 11)
-
-
-@dataclass
-class Runtime:
-    """How programs are started: ``node`` plus the bundle file, and V8 startup snapshots of it (one
-    per heap size, built on first use) where Node can make them."""
-
-    node: str
-    node_version: str
-    three_version: str
-    bundle: Path
-    key: str
-    use_snapshot: bool = True
-    snapshot_error: str = ""
-    _blobs: dict[int, Path | None] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def snapshot(self, heap_mb: int) -> Path | None:
-        """The snapshot blob for ``heap_mb`` (built now if needed), or None where it cannot be built."""
-        if not self.use_snapshot:
-            return None
-        with self._lock:
-            blob = self._blobs.get(heap_mb)
-            # Re-check the file each time: a cache cleanup elsewhere must not break every later run.
-            if heap_mb not in self._blobs or (blob is not None and not blob.exists()):
-                if not self.bundle.exists():
-                    _write_atomic(self.bundle, build_bundle().encode("utf-8"))
-                self._blobs[heap_mb] = self._build_snapshot(heap_mb)
-            return self._blobs[heap_mb]
-
-    def _build_snapshot(self, heap_mb: int) -> Path | None:
-        blob = self.bundle.with_name(f"{self.bundle.stem}-heap{heap_mb}.blob")
-        if blob.exists():
-            return blob
-        tmp = blob.with_name(f".{blob.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            proc = subprocess.run(
-                [
-                    self.node,
-                    *v8_flags(heap_mb),
-                    "--snapshot-blob",
-                    str(tmp),
-                    "--build-snapshot",
-                    str(self.bundle),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                cwd=self.bundle.parent,
-                env=sandbox.scrubbed_env(self.bundle.parent),
-            )
-            if proc.returncode == 0 and tmp.exists():
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, blob)
-                return blob
-            self.snapshot_error = (proc.stderr or proc.stdout).strip()[-500:] or f"exit {proc.returncode}"
-        except (OSError, subprocess.SubprocessError) as exc:
-            self.snapshot_error = str(exc)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        return None
-
-    def argv(self, heap_mb: int) -> list[str]:
-        """The node command line for one program (the program itself comes on stdin)."""
-        blob = self.snapshot(heap_mb)
-        if blob is not None:
-            return [
-                self.node,
-                *node_flags(self.node_version),
-                *v8_flags(heap_mb),
-                "--snapshot-blob",
-                str(blob),
-            ]
-        # Without a snapshot Node must read the bundle: that one file is all it may read.
-        return [
-            self.node,
-            *node_flags(self.node_version),
-            *v8_flags(heap_mb),
-            f"--allow-fs-read={self.bundle}",
-            str(self.bundle),
-        ]
-
-
-def node_binary() -> str:
-    """The ``node`` to use: ``$GEN3DEVAL_NODE`` or the first on PATH; DependencyError if none."""
-    env = os.environ.get("GEN3DEVAL_NODE")
-    node = env or shutil.which("node")
-    if not node:
-        raise DependencyError(
-            f"Node.js is required for Three.js programs but `node` is not on PATH: {NODE_HINT}"
-        )
-    if env and not (os.path.isfile(env) and os.access(env, os.X_OK)):
-        raise DependencyError(f"GEN3DEVAL_NODE={env} is not an executable file: {NODE_HINT}")
-    return node
-
-
-def scaffold_dir() -> Path:
-    """The folder whose ``node_modules/three`` programs use: ``$GEN3DEVAL_THREEJS_SCAFFOLD`` (e.g. a writable
-    copy of the scaffold for a read-only installation) or the package's ``threejs_scaffold``. The
-    runner (``runner.js``) always comes from the package."""
-    env = os.environ.get("GEN3DEVAL_THREEJS_SCAFFOLD")
-    return Path(env).expanduser().resolve() if env else SCAFFOLD_DIR
-
-
-def install_hint(scaffold: Path | None = None) -> str:
-    """The command that installs three's pinned npm package into ``scaffold`` (default :func:`scaffold_dir`)."""
-    where = scaffold or scaffold_dir()
-    if where == SCAFFOLD_DIR:
-        return f"{INSTALL_HINT} (in a checkout: make setup)"
-    if (where / "package-lock.json").is_file():
-        return f"npm ci --prefix {where}"
-    return (
-        f"cp {SCAFFOLD_DIR}/package.json {SCAFFOLD_DIR}/package-lock.json {where}/ && npm ci --prefix {where}"
-    )
-
-
-def three_build_dir() -> Path:
-    """``node_modules/three/build`` of the scaffold; DependencyError with the install command if absent."""
-    scaffold = scaffold_dir()
-    build = scaffold / "node_modules" / "three" / "build"
-    if not (build / "three.core.js").is_file() or not (build / "three.module.js").is_file():
-        raise DependencyError(
-            f"three.js is not installed for the Three.js executor (no {build}); run: {install_hint(scaffold)}"
-        )
-    return build
-
-
-def three_version() -> str:
-    pkg = scaffold_dir() / "node_modules" / "three" / "package.json"
-    try:
-        return str(json.loads(pkg.read_text())["version"])
-    except (OSError, ValueError, KeyError):
-        return "unknown"
-
-
-_IMPORT_CORE = re.compile(r"^import\s*\{([^}]*)\}\s*from\s*'\./three\.core\.js';[ \t]*$", re.M)
-_EXPORT_FROM_CORE = re.compile(r"^export\s*\{([^}]*)\}\s*from\s*'\./three\.core\.js';[ \t]*$", re.M)
-_EXPORT_LOCAL = re.compile(r"^export\s*\{([^}]*)\};[ \t]*$", re.M)
-_ANY_MODULE_SYNTAX = re.compile(r"^(?:import|export)\b", re.M)
-
-
-def _specifiers(text: str) -> list[tuple[str, str]]:
-    """``a, b as c`` -> [(a, a), (b, c)]."""
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        name, _, alias = part.partition(" as ")
-        out.append((name.strip(), (alias or name).strip()))
-    return out
-
-
-def build_bundle(build_dir: Path | None = None) -> str:
-    """One classic script: three's ESM build (``three.core.js`` + ``three.module.js``) turned into a
-    namespace object ``__gen3devalTHREE``, followed by ``runner.js``.
-
-    Node 20 can snapshot only a single classic script, hence this small, checked transformation of
-    the module syntax (the only module syntax in those files is the import/export lists handled here;
-    anything else raises DependencyError).
-    """
-    build = build_dir or three_build_dir()
-    core = (build / "three.core.js").read_text(encoding="utf-8")
-    module = (build / "three.module.js").read_text(encoding="utf-8")
-
-    core_exports = _EXPORT_LOCAL.findall(core)
-    if len(core_exports) != 1 or len(_ANY_MODULE_SYNTAX.findall(core)) != 1:
-        raise DependencyError(
-            f"unexpected module syntax in {build / 'three.core.js'}; reinstall: {install_hint()}"
-        )
-    core_body = _EXPORT_LOCAL.sub("", core)
-    core_obj = ", ".join(f"{exported}: {local}" for local, exported in _specifiers(core_exports[0]))
-
-    imports = _IMPORT_CORE.findall(module)
-    reexports = _EXPORT_FROM_CORE.findall(module)
-    body = _EXPORT_FROM_CORE.sub("", _IMPORT_CORE.sub("", module))
-    local_exports = _EXPORT_LOCAL.findall(body)
-    body = _EXPORT_LOCAL.sub("", body)
-    n_syntax = len(_ANY_MODULE_SYNTAX.findall(module))
-    if n_syntax != len(imports) + len(reexports) + len(local_exports) or _ANY_MODULE_SYNTAX.search(body):
-        raise DependencyError(
-            f"unexpected module syntax in {build / 'three.module.js'}; reinstall: {install_hint()}"
-        )
-    destructure = ", ".join(f"{name}: {alias}" for spec in imports for name, alias in _specifiers(spec))
-    ns_parts = [f"{exported}: __core.{name}" for spec in reexports for name, exported in _specifiers(spec)]
-    ns_parts += [f"{exported}: {local}" for spec in local_exports for local, exported in _specifiers(spec)]
-    if not RUNNER_JS.is_file():
-        raise DependencyError(
-            f"{RUNNER_JS} is missing: the gen3deval installation is incomplete; reinstall it"
-        )
-    runner = RUNNER_JS.read_text(encoding="utf-8")
-    return (
-        "'use strict';\n"
-        f"// Generated by gen3deval.execute.threejs.build_bundle from three {three_version()}: do not edit.\n"
-        "const __gen3devalTHREE = (function () {\n"
-        "const __core = (function () {\n"
-        f"{core_body}\n"
-        f"return {{ {core_obj} }};\n"
-        "})();\n"
-        f"const {{ {destructure} }} = __core;\n"
-        f"{body}\n"
-        "const __ns = Object.create(null);\n"
-        f"Object.assign(__ns, {{ {', '.join(ns_parts)} }});\n"
-        "return __ns;\n"
-        "})();\n"
-        f"{runner}"
-    )
-
-
-def others_can_reach(path: Path, *, execute: bool = False) -> bool:
-    """True when a user with no relation to the file (the sandbox uid) can read it (or execute it)
-    and traverse every directory above it."""
-    p = Path(os.path.realpath(path))
-    try:
-        mode = p.stat().st_mode
-        if not mode & (0o001 if execute else 0o004) or (p.is_dir() and not mode & 0o001):
-            return False
-        return all(parent.stat().st_mode & 0o001 for parent in p.parents)
-    except OSError:
-        return False
-
-
-def cache_dir() -> Path:
-    """Where the bundle and snapshots live: ``$GEN3DEVAL_THREEJS_CACHE``, else ``threejs_scaffold/.build``
-    when writable, else a per-user directory under the system temp dir. When programs run as a
-    sandbox uid the directory must be reachable by it, so it is created 0755 and checked."""
-    env = os.environ.get("GEN3DEVAL_THREEJS_CACHE")
-    candidates = (
-        [Path(env)]
-        if env
-        else [SCAFFOLD_DIR / ".build", Path(tempfile.gettempdir()) / f"gen3deval-threejs-{os.geteuid()}"]
-    )
-    need_others = sandbox.can_switch_user()
-    for c in candidates:
-        with contextlib.suppress(OSError):
-            c.mkdir(mode=0o755, parents=True, exist_ok=True)
-            st = c.lstat()
-            if c.is_symlink() or st.st_uid != os.geteuid():
-                continue  # someone else's directory (e.g. planted in /tmp): do not trust it
-            if os.access(c, os.W_OK):
-                os.chmod(c, 0o755)
-                if need_others and not others_can_reach(c):
-                    continue  # e.g. a checkout under /root: the sandbox uid could not read the snapshot
-                return c
-    raise ExecutionError(
-        "no cache directory for the Three.js runtime that we can write and the sandbox uid can read "
-        f"(tried {', '.join(map(str, candidates))}); set GEN3DEVAL_THREEJS_CACHE"
-    )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-_runtime_lock = threading.Lock()
-
-
-def runtime(*, snapshot: bool = True) -> Runtime:
-    """The Node runtime for Three.js programs, writing the bundle on first use (snapshots are built
-    per heap size by :meth:`Runtime.snapshot`). Files are keyed by a hash of the node binary, three
-    and the runner, so an upgrade of any of them rebuilds. ``snapshot=False`` gives the plain bundle
-    (slower start, same behaviour)."""
-    with _runtime_lock:
-        # Keyed by where node and three come from, so that a changed environment is looked at again.
-        node = node_binary()
-        return _runtime(snapshot, node, str(scaffold_dir()))
-
-
-@lru_cache(maxsize=8)
-def _runtime(snapshot: bool, node: str, scaffold: str) -> Runtime:
-    # ``scaffold`` is part of the cache key only (three_build_dir() reads the same environment).
-    try:
-        version = subprocess.run(
-            [node, "--version"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise DependencyError(f"cannot run {node} --version ({exc}): {NODE_HINT}") from None
-    if parse_node_version(version) < MIN_NODE:
-        raise DependencyError(
-            f"Node.js >= {MIN_NODE[0]}.{MIN_NODE[1]} is required (permission model, snapshots); "
-            f"found {version!r} at {node}: {NODE_HINT}"
-        )
-    if sandbox.can_switch_user() and not others_can_reach(Path(node), execute=True):
-        raise DependencyError(
-            f"{node} cannot be run by other users, but programs run as an unprivileged sandbox uid: "
-            "install Node.js system-wide or point GEN3DEVAL_NODE to a world-executable node"
-        )
-    bundle_text = build_bundle()
-    st = os.stat(node)
-    key = hashlib.sha256(
-        f"{version}\0{os.path.realpath(node)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode()
-        + bundle_text.encode()
-    ).hexdigest()[:20]
-    three = three_version()
-    bundle = cache_dir() / f"three-{three}-{key}.js"
-    if not bundle.exists():
-        _write_atomic(bundle, bundle_text.encode("utf-8"))
-        _remove_stale(bundle.parent, key)
-    return Runtime(node, version, three, bundle, key, use_snapshot=snapshot)
-
-
-def _remove_stale(cdir: Path, key: str, min_age_s: float = 3600.0) -> None:
-    """Delete bundles/snapshots of other versions (node, three or runner changed) older than an hour."""
-    now = time.time()
-    for f in cdir.glob("three-*"):
-        with contextlib.suppress(OSError):
-            if key not in f.name and f.suffix in (".js", ".blob") and now - f.stat().st_mtime > min_age_s:
-                f.unlink()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -506,100 +175,6 @@ def prepare_program(source: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# the GLB the scaffold writes -> Mesh
-# --------------------------------------------------------------------------------------------------
-
-_GLB_MAGIC = 0x46546C67
-_CHUNK_JSON = 0x4E4F534A
-_CHUNK_BIN = 0x004E4942
-_COMPONENT = {5126: np.float32, 5125: np.uint32, 5123: np.uint16, 5121: np.uint8}
-_WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
-
-
-def linear_to_srgb(c: float) -> float:
-    """One linear-light channel in [0, 1] -> sRGB-encoded (the IEC 61966-2-1 curve three uses)."""
-    c = min(max(float(c), 0.0), 1.0)
-    return 12.92 * c if c <= 0.0031308 else 1.055 * c ** (1 / 2.4) - 0.055
-
-
-def glb_to_mesh(data: bytes, *, source: str = "threejs") -> Mesh:
-    """Parse a GLB made by the scaffold (one node, triangle primitives with POSITION and indices) into a
-    Mesh; glTF's linear ``baseColorFactor`` becomes the sRGB ``Material.base_color``. Raises
-    ValueError on anything malformed."""
-    if len(data) < 20:
-        raise ValueError("GLB shorter than its header")
-    magic, version, total = struct.unpack_from("<III", data, 0)
-    if magic != _GLB_MAGIC or version != 2 or total > len(data):
-        raise ValueError("not a GLB 2.0 stream")
-    jlen, jtype = struct.unpack_from("<II", data, 12)
-    if jtype != _CHUNK_JSON:
-        raise ValueError("GLB without a JSON chunk")
-    doc = json.loads(data[20 : 20 + jlen])
-    off = 20 + jlen
-    bin_chunk = b""
-    if off + 8 <= total:
-        blen, btype = struct.unpack_from("<II", data, off)
-        if btype == _CHUNK_BIN:
-            bin_chunk = data[off + 8 : off + 8 + blen]
-
-    def accessor(i: int) -> np.ndarray[Any, Any]:
-        acc = doc["accessors"][i]
-        view = doc["bufferViews"][acc["bufferView"]]
-        dtype = np.dtype(_COMPONENT[acc["componentType"]]).newbyteorder("<")
-        width = _WIDTH[acc["type"]]
-        start = int(view.get("byteOffset", 0)) + int(acc.get("byteOffset", 0))
-        count = int(acc["count"]) * width
-        if start + count * dtype.itemsize > len(bin_chunk):
-            raise ValueError("accessor runs past the binary chunk")
-        arr = np.frombuffer(bin_chunk, dtype=dtype, count=count, offset=start)
-        return arr.reshape(-1, width) if width > 1 else arr
-
-    verts: list[np.ndarray[Any, Any]] = []
-    faces: list[np.ndarray[Any, Any]] = []
-    face_mat: list[np.ndarray[Any, Any]] = []
-    materials: list[Material] = []
-    offset = 0
-    for mesh in doc.get("meshes", []):
-        for prim in mesh.get("primitives", []):
-            if prim.get("mode", 4) != 4:
-                continue
-            v = accessor(prim["attributes"]["POSITION"]).astype(np.float64)
-            idx = accessor(prim["indices"]).astype(np.int64) if "indices" in prim else np.arange(len(v))
-            f = idx[: len(idx) - len(idx) % 3].reshape(-1, 3)
-            if f.size and (f.min() < 0 or f.max() >= len(v)):
-                raise ValueError("face index out of range")
-            mat = doc.get("materials", [])[prim["material"]] if "material" in prim else {}
-            factor = mat.get("pbrMetallicRoughness", {}).get("baseColorFactor")
-            if factor is None:
-                material = Material(name=str(mat.get("name", "")))
-            else:
-                r, g, b, a = (float(x) for x in factor)
-                material = Material(
-                    base_color=(
-                        linear_to_srgb(r),
-                        linear_to_srgb(g),
-                        linear_to_srgb(b),
-                        min(max(a, 0.0), 1.0),
-                    ),
-                    name=str(mat.get("name", "")),
-                )
-            verts.append(v)
-            faces.append(f + offset)
-            face_mat.append(np.full(len(f), len(materials), dtype=np.int32))
-            materials.append(material)
-            offset += len(v)
-    if not verts:
-        return Mesh(np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros(0, np.int32), source=source)
-    return Mesh(
-        vertices=np.concatenate(verts),
-        faces=np.concatenate(faces),
-        face_material=np.concatenate(face_mat),
-        materials=tuple(materials),
-        source=source,
-    )
-
-
-# --------------------------------------------------------------------------------------------------
 # running
 # --------------------------------------------------------------------------------------------------
 
@@ -647,7 +222,14 @@ def _heap_mb(limits: Limits) -> int:
     return max(64, min(limits.memory_mb - 640, limits.memory_mb // 2))
 
 
-_OOM = re.compile(r"heap out of memory|Fatal process out of memory|Allocation failed|OOM", re.I)
+# Out-of-memory evidence in Node's stderr (V8's heap, array buffers, WebAssembly memories).
+_OOM = re.compile(
+    r"heap out of memory|Fatal process out of memory|Allocation failed|OOM|"
+    r"WebAssembly\.Memory(?:\.grow)?\(\): (?:could not allocate memory|Maximum memory size exceeded|Unable to grow)",
+    re.I,
+)
+# The header line: logs (64 KiB) + message, JSON-escaped; anything longer is not the scaffold's.
+MAX_HEADER_BYTES = 1 << 20
 
 
 def run_threejs(
@@ -659,10 +241,10 @@ def run_threejs(
 ) -> ExecResult:
     """Run one Three.js program (see the module docstring for the contract) and return its mesh or a
     classified error. Never raises for a bad program; raises DependencyError when Node or three is
-    missing, ConfigError for impossible limits."""
+    missing, ConfigError for impossible limits, ExecutionError when the sandbox cannot be set up."""
     limits = limits or DEFAULT_LIMITS
     outcome, info = run_scaffold(program, limits, max_triangles=max_triangles, snapshot=snapshot)
-    return _result(outcome, limits, info)
+    return _result(outcome, limits, info, max_triangles=max_triangles)
 
 
 def run_scaffold(
@@ -673,7 +255,7 @@ def run_scaffold(
     snapshot: bool = True,
 ) -> tuple[sandbox.ProcessOutcome, dict[str, Any]]:
     """The raw run behind :func:`run_threejs`: the sandboxed Node's outcome (stdout = a JSON header
-    line, then the GLB bytes) and the sandbox description."""
+    line, then the GLB bytes) and the sandbox description (built here, in the parent)."""
     limits = limits or DEFAULT_LIMITS
     _check_limits(limits)
     rt = runtime(snapshot=snapshot)
@@ -685,9 +267,11 @@ def run_scaffold(
     options = {"timeout_ms": max(50, int(limits.wall_s * 1000) - 150), "max_triangles": int(max_triangles)}
     stdin = json.dumps(options).encode() + b"\n" + source.encode("utf-8", "surrogatepass")
     max_out = max(1, limits.file_mb) * 1024 * 1024 + 256 * 1024 if limits.file_mb > 0 else 1 << 30
-    outcome = _sandboxed(lambda tmp: argv, stdin, limits, max_stdout_bytes=max_out)
-    info = dict(outcome.sandbox)
     snap = "--snapshot-blob" in argv
+    # The one file node reads: the blob after --snapshot-blob, or the bundle (the last argument).
+    needed = argv[argv.index("--snapshot-blob") + 1] if snap else argv[-1]
+    outcome = _sandboxed(argv, stdin, limits, rt, files=(needed,), max_stdout_bytes=max_out)
+    info = dict(outcome.sandbox)
     info.update(
         {
             "runtime": "node " + rt.node_version,
@@ -695,30 +279,51 @@ def run_scaffold(
             "startup": "snapshot" if snap else "bundle",
             "node_permissions": f"fs-read: {'none' if snap else 'the bundle only'}; no fs-write, child_process, worker",
             "code_generation": "refused outside the vm context",
+            "host_realm": "intrinsics and the THREE namespace frozen before the program runs",
             "heap_mb": heap,
         }
     )
     return outcome, info
 
 
+def jail_spec(
+    rt: Runtime, files: tuple[str, ...] = (), isolation: sandbox.Isolation | None = None
+) -> sandbox.JailSpec:
+    """What a Node program sees in its jail: the system directories, node's install prefix and
+    ``files`` (the snapshot blob or the bundle its argv names, bound read-only at the same path so the
+    argv and ``--allow-fs-read`` stay valid); nothing of the project, the scaffold, the cache's other
+    files or the data. Its private work tmpfs is ``isolation.work_mb`` MiB."""
+    iso = isolation or sandbox.default_isolation()
+    ro: list[str] = []
+    for p in (*sandbox.system_ro_paths(), *sandbox.node_ro_paths(rt.node), *files):
+        if p not in ro:
+            ro.append(p)
+    return sandbox.JailSpec(ro_paths=tuple(ro), work_mb=iso.work_mb)
+
+
+# Node makes threads (clone with CLONE_THREAD), never processes; the filter is installed before exec.
+NODE_SECCOMP = sandbox.SeccompPolicy(allow_fork=False, allow_exec=True)
+
+
 def _sandboxed(
-    make_argv: Callable[[Path], list[str]],
+    argv: list[str],
     stdin: bytes,
     limits: Limits,
+    rt: Runtime,
     *,
-    files: dict[str, str] | None = None,
+    files: tuple[str, ...] = (),
     max_stdout_bytes: int = 1 << 30,
 ) -> sandbox.ProcessOutcome:
-    """Run ``make_argv(private_tmp_dir)`` confined by :mod:`~gen3deval.execute.sandbox` (own uid, netns,
-    rlimits, scrubbed env, wall-clock kill of the group, sweep of the uid's processes and files).
-    ``files`` (name -> text) are written into the private directory first, readable by the program."""
+    """Run ``argv`` confined by :mod:`~gen3deval.execute.sandbox` (own uid, netns, rlimits, scrubbed
+    env, wall-clock kill of the group, sweep of the uid's processes and files) plus the layers of
+    :func:`sandbox.default_isolation`: the jail of :func:`jail_spec` (with ``files``), a cgroup,
+    seccomp (no fork)."""
+    iso = sandbox.default_isolation()
+    spec = jail_spec(rt, files, iso) if iso.filesystem else None
     with _uid_slot() as uid, sandbox.private_tmpdir(prefix="gen3deval-js-", owner_uid=uid) as tmp:
-        for name, text in (files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-            os.chmod(tmp / name, 0o644)
         try:
             return sandbox.run_limited(
-                make_argv(tmp),
+                argv,
                 limits,
                 cwd=tmp,
                 env=sandbox.scrubbed_env(tmp),
@@ -726,6 +331,9 @@ def _sandboxed(
                 uid=uid,
                 address_space=limits.memory_mb > 0,
                 max_stdout_bytes=max_stdout_bytes,
+                isolation=iso,
+                jail=spec,
+                seccomp=NODE_SECCOMP,
             )
         except OSError as exc:
             raise ExecutionError(f"cannot start node for a Three.js program: {exc}") from exc
@@ -735,27 +343,35 @@ def _sandboxed(
 
 
 def run_node_script(
-    script: str, limits: Limits | None = None, *, stdin: bytes = b""
+    script: str, limits: Limits | None = None, *, stdin: bytes = b"", node_permissions: bool = True
 ) -> sandbox.ProcessOutcome:
     """Run ``script`` as a plain Node script (no vm, full ``process`` and ``require``) under exactly the
-    sandbox Three.js programs get: the same Node flags and permission model (it may read only its own
-    file), uid, network namespace, rlimits and environment. This is what a program that escaped the
-    vm would face; tests use it to probe the boundary."""
+    sandbox Three.js programs get: the same Node flags and permission model (no file reads: the
+    script comes on the command line), jail, cgroup, seccomp, uid, network namespace, rlimits and
+    environment. This is what a program that escaped the vm would face; tests use it to probe the
+    boundary. ``node_permissions=False`` leaves Node's permission model out: what a program that also
+    got past Node's own checks would face (the OS layers alone)."""
     limits = limits or DEFAULT_LIMITS
     _check_limits(limits)
     heap = _heap_mb(limits)
     rt = runtime()
-
-    def argv(tmp: Path) -> list[str]:
-        path = tmp / "probe.js"
-        return [rt.node, *node_flags(rt.node_version), *v8_flags(heap), f"--allow-fs-read={path}", str(path)]
-
-    return _sandboxed(argv, stdin, limits, files={"probe.js": script})
+    flags = node_flags(rt.node_version) if node_permissions else ["--disable-warning=ExperimentalWarning"]
+    argv = [rt.node, *flags, *v8_flags(heap), "-e", script]
+    return _sandboxed(argv, stdin, limits, rt)
 
 
-def _result(outcome: sandbox.ProcessOutcome, limits: Limits, info: dict[str, Any]) -> ExecResult:
-    """Turn what the sandboxed Node did into an ExecResult (the header's class when there is one)."""
-    stderr = sandbox.tail(outcome.stderr.decode("utf-8", "replace"), 4000) if outcome.stderr else ""
+def _result(
+    outcome: sandbox.ProcessOutcome,
+    limits: Limits,
+    info: dict[str, Any],
+    *,
+    max_triangles: int = DEFAULT_MAX_TRIANGLES,
+) -> ExecResult:
+    """Turn what the sandboxed Node did into an ExecResult (the header's class when there is one).
+    Never raises for anything the child wrote: what cannot be read is a ``sandbox_violation``."""
+    stderr = ""
+    with contextlib.suppress(Exception):
+        stderr = sandbox.tail(outcome.stderr.decode("utf-8", "replace"), 4000) if outcome.stderr else ""
 
     def result(cls: str | None, message: str = "", logs: str = "", mesh: Mesh | None = None) -> ExecResult:
         return ExecResult(
@@ -772,20 +388,40 @@ def _result(outcome: sandbox.ProcessOutcome, limits: Limits, info: dict[str, Any
             sandbox=info,
         )
 
+    try:
+        return _classify(outcome, limits, info, stderr, result, max_triangles)
+    except Exception as exc:  # anything the child wrote that the checks above did not foresee
+        return result(
+            "sandbox_violation",
+            f"the scaffold's output could not be read ({type(exc).__name__}): corrupt or forged",
+        )
+
+
+def _classify(
+    outcome: sandbox.ProcessOutcome,
+    limits: Limits,
+    info: dict[str, Any],
+    stderr: str,
+    result: Callable[..., ExecResult],
+    max_triangles: int,
+) -> ExecResult:
     out = outcome.stdout
-    nl = out.find(b"\n")
+    nl = out.find(b"\n", 0, MAX_HEADER_BYTES)
     header: dict[str, Any] | None = None
     if nl >= 0:
-        with contextlib.suppress(ValueError):
+        try:
             parsed = json.loads(out[:nl])
-            header = parsed if isinstance(parsed, dict) else None
+        except (ValueError, RecursionError):
+            parsed = None
+        header = parsed if isinstance(parsed, dict) else None
+    oom = bool(getattr(outcome, "oom_killed", False))
     if header is None:
         # No header from the scaffold: Node died or was killed (or something else wrote to stdout).
         if outcome.timed_out:
             return result("timeout", f"killed at the wall-clock limit of {limits.wall_s:g} s")
         if outcome.stdout_truncated:
             return result("memory", f"output exceeded the limit of {limits.file_mb} MiB")
-        if _OOM.search(stderr) or outcome.returncode in (134, -6):
+        if oom or _OOM.search(stderr) or outcome.returncode in (134, -6):
             heap = info.get("heap_mb")
             return result(
                 "memory", f"out of memory (limit {limits.memory_mb} MiB address space, {heap} MiB heap)"
@@ -799,23 +435,36 @@ def _result(outcome: sandbox.ProcessOutcome, limits: Limits, info: dict[str, Any
                 "sandbox_violation",
                 "the scaffold's output is corrupt: the program tampered with the host's built-ins or left the vm",
             )
-        cls = sandbox.classify_signal(outcome.returncode, limits, cpu_s=outcome.cpu_s) or "runtime"
+        # A SIGKILL is 'memory' only with evidence (cgroup OOM kill, OOM text): else 'runtime'.
+        cls = (
+            sandbox.classify_signal(
+                outcome.returncode, limits, cpu_s=outcome.cpu_s, oom_killed=oom, stderr=stderr
+            )
+            or "runtime"
+        )
         how = sandbox.signal_name(outcome.returncode)
         return result(cls, f"node ended with {how} without a result: {_last_line(stderr)}")
-    logs = str(header.get("logs", ""))[:65536]
-    if not header.get("ok"):
-        cls = str(header.get("error_class") or "runtime")
-        return result(cls if cls in ERROR_CLASSES else "runtime", str(header.get("message", "")), logs)
+    raw_logs = header.get("logs", "")
+    logs = raw_logs[:65536] if isinstance(raw_logs, str) else ""
+    if header.get("ok") is not True:
+        child_cls = header.get("error_class")
+        message = header.get("message", "")
+        return result(
+            child_cls if isinstance(child_cls, str) and child_cls in ERROR_CLASSES else "runtime",
+            message if isinstance(message, str) else "",
+            logs,
+        )
     glb = out[nl + 1 :]
     if outcome.stdout_truncated:
         return result("memory", f"the exported mesh exceeded the output limit of {limits.file_mb} MiB", logs)
-    if len(glb) != int(header.get("glb_bytes", -1)):
+    declared = header.get("glb_bytes")
+    if type(declared) is not int or len(glb) != declared:
         return result(
             "sandbox_violation", "the scaffold's output was tampered with (GLB length mismatch)", logs
         )
     try:
-        mesh = glb_to_mesh(glb, source="threejs program")
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        mesh = glb_to_mesh(glb, source="threejs program", max_triangles=max_triangles)
+    except (GLBError, ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:
         return result("sandbox_violation", f"the scaffold's GLB is malformed ({exc})", logs)
     if mesh.n_faces == 0:
         return result("no_geometry", "the program produced no triangles", logs)
@@ -882,17 +531,35 @@ def default_limits() -> Limits:
 __all__ = [
     "CONTRACT",
     "DEFAULT_LIMITS",
+    "DEFAULT_MAX_TRIANGLES",
+    "INSTALL_HINT",
+    "MIN_MEMORY_MB",
+    "MIN_NODE",
+    "NODE_HINT",
+    "RUNNER_JS",
+    "SCAFFOLD_DIR",
+    "GLBError",
     "Runtime",
     "build_bundle",
+    "cache_dir",
     "default_limits",
     "glb_to_mesh",
+    "install_hint",
     "iter_threejs",
+    "jail_spec",
     "linear_to_srgb",
+    "node_binary",
+    "node_flags",
     "others_can_reach",
+    "parse_node_version",
     "prepare_program",
     "run_node_script",
     "run_scaffold",
     "run_threejs",
     "run_threejs_many",
     "runtime",
+    "scaffold_dir",
+    "three_build_dir",
+    "three_version",
+    "v8_flags",
 ]
