@@ -318,3 +318,44 @@ def test_sandbox_description_is_the_parents(tmp_path: Path, monkeypatch: pytest.
     assert out.sandbox["filesystem"] == "shared (turned off)"
     assert out.sandbox["cgroup"] == "not available (turned off): rlimits only"
     assert out.sandbox["seccomp"] == "off (turned off)" and out.sandbox["processes"] == "visible"
+
+
+# Four forked children each touching 700 MiB, overlapping; prints their exit statuses.
+_FORK_MEMORY = """
+import json, os, time
+kids = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        block = b"\\1" * (700 << 20)
+        time.sleep(1.5)
+        os._exit(0 if len(block) else 1)
+    kids.append(pid)
+print(json.dumps([os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in kids]))
+"""
+
+
+@pytest.mark.skipif(sandbox.cgroup_support() is None, reason="no per-program cgroup here")
+def test_one_memory_budget_for_all_processes_of_a_program(tmp_path: Path) -> None:
+    """4 x 700 MiB children of one program against a 1 GiB budget: per-process rlimits allow each of them,
+    the program's cgroup does not allow them together (issue 9, item 3)."""
+    import json
+
+    limits = Limits(wall_s=20, cpu_s=20, memory_mb=1024, processes=16)
+
+    def run(iso: sandbox.Isolation) -> sandbox.ProcessOutcome:
+        return sandbox.run_limited(
+            [sys.executable, "-c", _FORK_MEMORY],
+            limits,
+            cwd=tmp_path,
+            env=sandbox.scrubbed_env(tmp_path),
+            isolation=iso,
+        )
+
+    basic = run(sandbox.Isolation(filesystem=False, cgroup=False, seccomp=False))
+    assert basic.returncode == 0 and json.loads(basic.stdout) == [0, 0, 0, 0], basic.stderr
+    full = run(sandbox.Isolation(filesystem=False, cgroup=True, seccomp=False))
+    assert full.oom_killed
+    statuses = json.loads(full.stdout) if full.returncode == 0 else []
+    assert full.returncode != 0 or statuses.count(-signal.SIGKILL) >= 1
+    assert full.sandbox["cgroup"]["memory_mb"] == 1024
