@@ -181,13 +181,20 @@ def test_spec_file_errors_name_the_file(tmp_path: Path) -> None:
     assert load_spec_file(empty) == {}
 
 
-def test_fingerprint_records_the_protocol() -> None:
+def test_fingerprint_records_the_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
     from gen3deval.engine.build import protocol_fingerprint
 
+    monkeypatch.delenv("GEN3DEVAL_SANDBOX", raising=False)
     p = PROTOCOLS["default"]
     fp = protocol_fingerprint(p, renderer={"renderer": "test"})
     assert fp["name"] == "default" and fp["version"] == p.version
-    assert fp["params"] == p.params() and fp["sandbox"] == p.limits.to_dict()
+    assert fp["params"] == p.params()
+    isolation = {"filesystem": True, "cgroup": True, "seccomp": True, "work_mb": 64}
+    assert fp["sandbox"] == {**p.limits.to_dict(), "isolation": isolation}
+    # runs under another isolation level are not comparable (issue 9): a program may read files under basic
+    monkeypatch.setenv("GEN3DEVAL_SANDBOX", "basic")
+    assert protocol_fingerprint(p, renderer={"renderer": "test"})["hash"] != fp["hash"]
+    monkeypatch.delenv("GEN3DEVAL_SANDBOX")
     assert fp["renderer"] == {"renderer": "test"} and fp["versions"]["numpy"]
     other = protocol_fingerprint(
         get_protocol({"name": "default", "samples": 5000}), renderer={"renderer": "test"}

@@ -30,7 +30,11 @@ def renderer_info(protocol: Protocol) -> dict[str, Any]:
 
 def protocol_fingerprint(protocol: Protocol, renderer: dict[str, Any] | None = None) -> dict[str, Any]:
     """The fingerprint dict of a protocol (PROTOCOLS.md section 11) via :func:`gen3deval.protocol.fingerprint`:
-    parameters, library versions, renderer, model ids and sandbox limits."""
+    parameters, library versions, renderer, model ids, sandbox limits and isolation layers (a program that is
+    stopped under ``GEN3DEVAL_SANDBOX=full`` may read files under ``basic``: such runs are not comparable)."""
+    from dataclasses import asdict
+
+    from gen3deval.execute.sandbox.policy import default_isolation
     from gen3deval.protocol import fingerprint
 
     models = {"clip": protocol.clip_model} if protocol.clip_model and "clip_score" in protocol.metrics else {}
@@ -40,7 +44,7 @@ def protocol_fingerprint(protocol: Protocol, renderer: dict[str, Any] | None = N
         version=protocol.version,
         renderer=renderer if renderer is not None else renderer_info(protocol),
         models=models,
-        sandbox=protocol.limits.to_dict(),
+        sandbox={**protocol.limits.to_dict(), "isolation": asdict(default_isolation())},
     )
 
 
