@@ -1,0 +1,166 @@
+"""Data and helpers of the CSM client (:mod:`gen3deval.systems.csm`): the job handle, poll results, request
+bodies, response digging, GLB verification and the kit assembly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gen3deval.errors import ConfigError, MeshLoadError
+from gen3deval.mesh.io import load_mesh, save_mesh
+from gen3deval.mesh.types import Mesh
+
+JOB_TYPES = ("image_to_3d", "image_to_kit", "chat_to_3d")
+RESOLUTION = 200_000
+IMAGE_MIME = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+
+
+@dataclass
+class JobHandle:
+    """What the caller stores for one job (JSON-able via :meth:`to_dict`).
+
+    ``sessions``: the session ids, one per step submitted (chat_to_3d: chat, then image_to_3d); ``step`` is
+    ``len(sessions)``; ``asset_id``: the input image's asset id (reuse it for later jobs of the same image);
+    ``chat_asset_id``: the re-prompted image (chat_to_3d); ``costs``: credits reported per session.
+    """
+
+    type: str
+    sessions: list[str]
+    asset_id: str | None
+    settings: dict[str, Any]
+    prompt: str | None = None
+    chat_asset_id: str | None = None
+    costs: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def step(self) -> int:
+        return len(self.sessions)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["step"] = self.step
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JobHandle:
+        try:
+            return cls(
+                type=str(d["type"]),
+                sessions=[str(s) for s in d["sessions"]],
+                asset_id=d.get("asset_id"),
+                settings=dict(d.get("settings") or {}),
+                prompt=d.get("prompt"),
+                chat_asset_id=d.get("chat_asset_id"),
+                costs={str(k): float(v) for k, v in (d.get("costs") or {}).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"not a CSM job handle ({type(exc).__name__}: {exc}): {dict(d)!r}") from None
+
+
+@dataclass
+class PollResult:
+    """One poll: ``status`` is ``pending``, ``done`` or ``failed``.
+
+    ``handle``: the (possibly updated) handle as a dict, to store; ``outputs``: GLB URLs of the meshes;
+    ``parts``: GLB URLs of the kit parts; ``message``: the server's reason when failed; ``cost``: credits the
+    server reported for the job so far (sum over its sessions), None when it reports none.
+    """
+
+    status: str
+    handle: dict[str, Any]
+    outputs: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+    message: str | None = None
+    cost: float | None = None
+
+
+def image_body(job_type: str, image: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``POST /sessions/`` body of an ``image_to_3d`` or ``image_to_kit`` job (the kit has no resolution)."""
+    geometry = settings.get("geometry_model", "turbo")
+    texture = settings.get("texture_model", "none")
+    if job_type == "image_to_kit":
+        api_settings = {
+            "decomposition_model": settings.get("decomposition_model", "pro"),
+            "geometry_model": geometry,
+            "texture_model": texture,
+        }
+    else:
+        api_settings = {
+            "geometry_model": geometry,
+            "texture_model": texture,
+            "resolution": _resolution(settings.get("resolution", RESOLUTION)),
+        }
+    return {"type": job_type, "input": {"image": image, "model": "sculpt", "settings": api_settings}}
+
+
+def _resolution(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"resolution: expected an integer number of faces, got {value!r}") from None
+
+
+def dig(obj: Any, *keys: str | int) -> Any:
+    """``obj[k0][k1]...`` or None when any step is missing or of the wrong type."""
+    for k in keys:
+        if isinstance(k, int):
+            if not isinstance(obj, list) or len(obj) <= k:
+                return None
+        elif not isinstance(obj, dict) or k not in obj:
+            return None
+        obj = obj[k]
+    return obj
+
+
+def verify_glb(path: Path) -> None:
+    """Raise ValueError unless ``path`` loads as a mesh with at least one face."""
+    try:
+        mesh = load_mesh(path)
+    except MeshLoadError as exc:
+        raise ValueError(str(exc)) from None
+    if mesh.n_faces == 0:
+        raise ValueError(f"{path}: the mesh has no faces")
+
+
+def assemble(meshes: list[Mesh], source: str = "assembly") -> Mesh:
+    """All ``meshes`` as one mesh, as placed (vertices concatenated, faces offset, materials kept per part)."""
+    if not meshes:
+        raise ValueError("no parts to assemble")
+    v_off = np.cumsum([0] + [m.n_vertices for m in meshes[:-1]])
+    m_off = np.cumsum([0] + [len(m.materials) for m in meshes[:-1]])
+    uv = None
+    if any(m.uv is not None for m in meshes):
+        uv = np.concatenate(
+            [m.uv if m.uv is not None else np.zeros((m.n_vertices, 2), np.float32) for m in meshes]
+        ).astype(np.float32)
+    colors = None
+    if any(m.vertex_colors is not None for m in meshes):
+        colors = np.concatenate(
+            [
+                m.vertex_colors if m.vertex_colors is not None else np.ones((m.n_vertices, 4), np.float32)
+                for m in meshes
+            ]
+        ).astype(np.float32)
+    return Mesh(
+        vertices=np.concatenate([m.vertices for m in meshes]),
+        faces=np.concatenate([m.faces + o for m, o in zip(meshes, v_off, strict=True)]),
+        face_material=np.concatenate(
+            [m.face_material + o for m, o in zip(meshes, m_off, strict=True)]
+        ).astype(np.int32),
+        materials=tuple(mat for m in meshes for mat in m.materials),
+        uv=uv,
+        vertex_colors=colors,
+        source=source,
+    )
+
+
+def write_assembly(part_paths: list[Path], dest: Path) -> Path:
+    """Load the kit parts and write their :func:`assemble` to ``dest`` (a .glb); returns ``dest``."""
+    meshes = [load_mesh(p) for p in part_paths]
+    save_mesh(assemble(meshes, source=str(dest)), dest)
+    return dest
