@@ -95,13 +95,34 @@ def test_byo_images() -> None:
 # --- images: folder errors -------------------------------------------------------------------------------
 
 
-def test_images_duplicate_stem_is_an_error(tmp_path: Path) -> None:
-    for name in ("a.jpg", "a.PNG", "b.webp", "notes.txt", ".hidden.png"):
+def test_images_sharing_a_stem_are_all_kept_with_a_warning(tmp_path: Path) -> None:
+    """Issue 10: two photos with the same stem are both kept (ids disambiguated by suffix), never skipped."""
+    from PIL import Image
+
+    for name in ("a.jpg", "a.PNG", "b.webp"):
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(
+            tmp_path / name, format=Image.registered_extensions()[Path(name).suffix.lower()]
+        )
+    for name in ("notes.txt", ".hidden.png"):
+        (tmp_path / name).write_bytes(b"x")
+    suite = load_suite(f"images:{tmp_path}")
+    assert [c.id for c in suite.cases] == ["a_jpg", "a_png", "b"]
+    assert [Path(str(c.image)).name for c in suite.cases] == ["a.jpg", "a.PNG", "b.webp"]
+    assert len(suite.problems) == 1
+    assert (
+        "'a'" in suite.problems[0]
+        and "a.jpg as 'a_jpg'" in suite.problems[0]
+        and "a.PNG as 'a_png'" in suite.problems[0]
+    )
+
+
+def test_images_disambiguated_id_that_is_taken_is_an_error(tmp_path: Path) -> None:
+    for name in ("a.jpg", "a.png", "a_jpg.webp"):
         (tmp_path / name).write_bytes(b"x")
     with pytest.raises(SuiteError) as err:
         load_suite(f"images:{tmp_path}")
     msg = str(err.value)
-    assert str(tmp_path) in msg and "'a'" in msg and "a.jpg" in msg and "a.PNG" in msg
+    assert str(tmp_path) in msg and "'a_jpg'" in msg and "a.jpg" in msg and "a.png" in msg
 
 
 def test_images_suffixes_and_hidden(tmp_path: Path) -> None:
