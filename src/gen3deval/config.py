@@ -167,6 +167,16 @@ PROTOCOLS: dict[str, Protocol] = {
         image_metrics=(),
         language="cadquery",
     ),
+    # Your own photos -> 3D (an image suite: no reference meshes, nothing to measure against yet): the report
+    # shows each photo beside 8 TRELLIS views of every candidate, textured and grey, with job and mesh stats.
+    # The default protocol of a run whose suites are all image suites.
+    "photo3d": Protocol(
+        name="photo3d",
+        version="2",
+        metrics=(),
+        image_metrics=(),
+        rig="trellis8",
+    ),
     # Text -> 3D with the CLIP score over the 8 TRELLIS views (the clip metric is not implemented yet).
     "clip3d": Protocol(
         name="clip3d",
@@ -425,7 +435,7 @@ def build_spec(
     if "suite" in data and "suites" in data:
         raise ConfigError("suite: give either `suite` or `suites`, not both")
 
-    from gen3deval.spec_entries import suite_entry, system_spec
+    from gen3deval.spec_entries import expand_presets, suite_entry, system_spec
 
     # Suites.
     suite_list: list[SuiteEntry]
@@ -462,8 +472,7 @@ def build_spec(
         raw_systems = list(DEFAULT_SYSTEMS)
         where = "systems"
     specs: list[SystemSpec] = []
-    for i, item in enumerate(raw_systems):
-        loc = f"{where}[{i}]"
+    for loc, item in expand_presets(raw_systems, where):
         spec = system_spec(item, loc, where, base if where != "--system" else Path("."))
         if any(s.label == spec.label for s in specs):
             raise ConfigError(
@@ -472,6 +481,10 @@ def build_spec(
             )
         specs.append(spec)
 
+    if protocol is None and data.get("protocol") is None and all(
+        suite_entry_parts(e)[0].split(":", 1)[0] == "images" for e in suite_list
+    ):
+        protocol = "photo3d"  # photos without references: renders to look at, nothing to score against
     proto = get_protocol(protocol if protocol is not None else data.get("protocol"))
 
     if jobs is None:

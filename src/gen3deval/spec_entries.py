@@ -113,6 +113,44 @@ def _setting_value(system: Any, key: str, raw: str) -> Any:
     return value if isinstance(value, str | int | float | bool) else raw
 
 
+def expand_presets(items: list[Any], where: str) -> list[tuple[str, Any]]:
+    """[(loc, item)] with each preset (``csm-all``, ``csm-all:key=value``, ``{name: csm-all, settings}``)
+    replaced by its labelled systems; settings given with the preset apply to every one of them."""
+    from gen3deval.systems.base import SYSTEM_PRESETS
+
+    out: list[tuple[str, Any]] = []
+    for i, item in enumerate(items):
+        loc = f"{where}[{i}]"
+        name: Any = None
+        extra: dict[str, Any] = {}
+        if isinstance(item, str):
+            name, label, raw = parse_system_string(item, loc)
+            if name in SYSTEM_PRESETS and label:
+                raise ConfigError(
+                    f"{loc}: {name} is a preset of several labelled systems; it takes no @LABEL"
+                )
+            extra = dict(raw)
+        elif isinstance(item, dict):
+            name = item.get("name")
+            extra = item.get("settings") or {}
+        if not isinstance(name, str) or name not in SYSTEM_PRESETS:
+            out.append((loc, item))
+            continue
+        if not isinstance(extra, dict):
+            raise ConfigError(f"{loc}.settings: expected a mapping, got {type(extra).__name__}")
+        for j, entry in enumerate(SYSTEM_PRESETS.get(name)()):
+            settings = dict(entry["settings"])
+            if isinstance(item, str):
+                from gen3deval.systems.base import SYSTEMS
+
+                cls = SYSTEMS.get(entry["name"])
+                settings.update({k: _setting_value(cls, k, str(v)) for k, v in extra.items()})
+            else:
+                settings.update(extra)
+            out.append((f"{loc}({name}[{j}])", {**entry, "settings": settings}))
+    return out
+
+
 def system_spec(item: Any, loc: str, where: str, base: Path) -> SystemSpec:
     """Validate one system entry (a name, a ``NAME[@LABEL]:key=value`` string, or a mapping)."""
     from gen3deval.systems.base import SYSTEMS

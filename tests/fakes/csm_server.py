@@ -173,6 +173,12 @@ def part_glb(index: int) -> bytes:
     return _glb([box])
 
 
+class _Server(ThreadingHTTPServer):
+    # A hosted API accepts hundreds of connections at once; socketserver's default backlog of 5 would make
+    # the stand-in refuse bursts that the real service takes.
+    request_queue_size = 256
+
+
 class FakeCsm:
     """The stand-in server; a context manager that starts and stops it on a background thread."""
 
@@ -200,7 +206,7 @@ class FakeCsm:
     def start(self) -> None:
         handler = type("Handler", (_Handler,), {"fake": self})
         for _ in range(2 if self.config.separate_file_origin else 1):
-            server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            server = _Server(("127.0.0.1", 0), handler)
             server.daemon_threads = True
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
             self._servers.append(server)

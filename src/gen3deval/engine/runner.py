@@ -24,6 +24,7 @@ loses little; stages of one case run close together, so a worker's reference cac
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -31,7 +32,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ class _Task:
     input_hash: str = field(compare=False)
     kwargs: dict[str, Any] = field(compare=False)
     crashes: int = field(default=0, compare=False)
+    workdir: Path | None = field(default=None, compare=False)  # a scratch folder holding its inputs already
+    started: float | None = field(default=None, compare=False)  # when its remote job started
 
     @property
     def label(self) -> str:
@@ -106,6 +109,17 @@ class RunResult:
 
 def _label(case: str, system: str, attempt: int) -> str:
     return f"{case} {system}".strip() + (f" #{attempt}" if attempt != 1 else "")
+
+
+@contextlib.contextmanager
+def _hidden_env(names: set[str]) -> Iterator[None]:
+    """Remove ``names`` (API key variables, already read) from the environment while the run spawns its
+    workers, so no worker or sandboxed program inherits a key; put back afterwards."""
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def case_fingerprint(case: Case) -> str:
@@ -201,6 +215,21 @@ class Engine:
         self._case_by_key = {c.key: c for c in cases}
         self._sys_index = {s.label: i for i, s in enumerate(self.systems)}
         self._attempts: dict[tuple[str, str], int] | None = None
+        # Remote systems: their generate stage is a job on a server, run by RemoteJobs in this process.
+        self._remote = {label: o for label, o in self.objects.items() if getattr(o, "remote", False)}
+        # The generate key leaves out settings that do not change the output (limits, timeouts), so that
+        # changing them never pays for a remote job again.
+        self._sys_key = {
+            s.label: {
+                **self._sys_dict[s.label],
+                "settings": {
+                    k: v
+                    for k, v in s.settings.items()
+                    if k not in getattr(self.objects.get(s.label), "operational_settings", ())
+                },
+            }
+            for s in self.systems
+        }
 
     # -- planning hooks of the systems -----------------------------------------------------------
     def needs_reference(self, system: str) -> bool:
@@ -318,6 +347,9 @@ class Engine:
             attempt,
             next(self._seq),
         )
+        if stage == pl.GENERATE and system in self._remote and "fetched" not in kwargs:
+            self._remote_pending.append(_Task(prio, stage, case, system, attempt, input_hash, kwargs))
+            return None
         heapq.heappush(self.ready, _Task(prio, stage, case, system, attempt, input_hash, kwargs))
         return None
 
@@ -412,7 +444,7 @@ class Engine:
                 "ref_image": self._abs(ref.artifacts.get("image")),
                 "attempt": pipe.attempt,
             }
-            return kwargs, self._hash(stage, self._case_fp[case], self._sys_dict[system], *extra, *digests)
+            return kwargs, self._hash(stage, self._case_fp[case], self._sys_key[system], *extra, *digests)
         if stage == pl.EXECUTE:
             gen = view[pl.GENERATE]
             kwargs = {
@@ -423,8 +455,13 @@ class Engine:
             return kwargs, self._hash(stage, *digests)
         mesh_row = view[pl.mesh_stage(view, ctx)]
         if stage == pl.RENDER:
+            # Without a reference (image suites) the renders are what a reader judges: grey views show the
+            # shape apart from its texture.
+            grey = not pl.has_reference(ref) and self.params.get("material") != "grey"
             kwargs = {"mesh": self._abs(mesh_row.artifacts["mesh"]), "protocol": self.params}
-            return kwargs, self._hash(stage, *digests)
+            if grey:
+                kwargs["grey"] = True
+            return kwargs, self._hash(stage, *digests, *(["grey"] if grey else []))
         assert stage == pl.SCORE, stage
         render = view.get(pl.RENDER)
         renders = render.artifacts.get("renders") if render is not None and render.ok else None
@@ -485,6 +522,14 @@ class Engine:
         """Run (or resume) everything; returns the counts. Holds the run folder's lock meanwhile."""
         t0 = time.time()
         self.attempts()  # the systems' plans, before the folder is touched
+        for obj in self._remote.values():
+            obj.credentials()  # keys are read now, then hidden from the workers (and their sandboxes)
+        with _hidden_env({name for obj in self._remote.values() for name in obj.secret_env()}):
+            result = self._run_locked(suites, spec)
+        result.seconds = time.time() - t0
+        return result
+
+    def _run_locked(self, suites: list[dict[str, Any]] | None, spec: dict[str, Any] | None) -> RunResult:
         lock = RunLock(self.run_dir)
         lock.acquire()
         tmp = self.run_dir / TMP_DIR
@@ -501,18 +546,20 @@ class Engine:
         finally:
             lock.release()
             shutil.rmtree(tmp, ignore_errors=True)
-        result.seconds = time.time() - t0
         return result
 
     def _loop(self, store: Store, tmp: Path) -> RunResult:
         self.rows: dict[tuple[str, str, int, str], StageRow] = store.all()
         self.ready: list[_Task] = []
+        self._remote_pending: list[_Task] = []
         self._seq = itertools.count()
         self._scratch: list[Path] = []
         self.skipped = dict.fromkeys(STAGES, 0)
         ran = dict.fromkeys(STAGES, 0)
         failed = dict.fromkeys(STAGES, 0)
         self.progress.start(self._plan())
+        remote = self._remote_jobs(store)
+        remote_inflight: dict[Future[Any], tuple[_Task, Path]] = {}
         for entry in self.cases:
             self._start_case(entry)
         executor = self._make_executor()
@@ -520,14 +567,16 @@ class Engine:
         max_inflight = 1 if self.inline else 2 * self.jobs
         solo = False  # a stage whose worker died runs alone next time, so a second death is its own
         try:
-            while self.ready or inflight:
+            while self.ready or inflight or self._remote_pending or remote_inflight:
+                if remote is not None:
+                    self._start_remote(remote, remote_inflight, tmp)
                 while self.ready and len(inflight) < max_inflight and not solo:
                     if self.ready[0].crashes:
                         if inflight:
                             break  # let the pool drain first
                         solo = True
                     task = heapq.heappop(self.ready)
-                    workdir = self._scratch.pop() if self._scratch else tmp / f"w{next(self._seq)}"
+                    workdir = task.workdir or (self._scratch.pop() if self._scratch else tmp / f"w{next(self._seq)}")
                     try:
                         fut = executor.submit(
                             work, task.stage, task.kwargs, str(workdir), self.retries, self.functions
@@ -542,11 +591,21 @@ class Engine:
                             executor = self._make_executor()
                         break
                     inflight[fut] = (task, workdir)
-                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                bell = [remote.bell] if remote is not None else []
+                done, _ = wait([*inflight, *remote_inflight, *bell], return_when=FIRST_COMPLETED)
+                if remote is not None:
+                    remote.drain(store)  # job rows (handles) are on disk before their jobs go on
                 solo = False
                 lost: list[_Task] = []
                 finished_now: list[tuple[_Task, Path, StageResult, float, float]] = []
                 for fut in done:
+                    if fut in remote_inflight:
+                        failure = self._remote_done(fut, *remote_inflight.pop(fut))
+                        if failure is not None:
+                            finished_now.append(failure)
+                        continue
+                    if fut not in inflight:
+                        continue  # the bell
                     task, workdir = inflight.pop(fut)
                     try:
                         result, started, finished, _tries = fut.result()
@@ -580,6 +639,7 @@ class Engine:
                         result = StageResult.fail(UNEXPECTED_ERROR_CLASS[task.stage], msg)
                         finished_now.append((task, tmp / "lost", result, now, now))
                 for task, workdir, result, started, finished in finished_now:
+                    started = task.started or started
                     row = self._commit(store, task, workdir, result, started, finished)
                     self._recycle(workdir)
                     self.rows[row.key] = row
@@ -594,13 +654,80 @@ class Engine:
                     self._finished(task.stage, task.case, task.system, task.attempt, row)
         except BaseException:
             # Interrupted (Ctrl-C) or failing: stop the workers now rather than after their current stage.
+            if remote is not None:
+                remote.close(store)  # remote jobs keep their stored handles: the next run polls them
             for proc in list((getattr(executor, "_processes", None) or {}).values()):
                 proc.kill()
             executor.shutdown(wait=False, cancel_futures=True)
             raise
         executor.shutdown(wait=True)
+        if remote is not None:
+            remote.close(store)
         self.progress.close()
         return RunResult(ran=ran, skipped=self.skipped, failed=failed, seconds=0.0)
+
+    # -- remote jobs ---------------------------------------------------------------------------------
+    def _remote_jobs(self, store: Store) -> Any:
+        """The remote-job runner when a system is remote (else None), knowing every stored job."""
+        if not self._remote:
+            return None
+        from gen3deval.engine.jobs_table import latest_tries, load_jobs
+        from gen3deval.engine.remote_jobs import RemoteJobs
+
+        jobs = load_jobs(store)
+        self._jobs_latest = latest_tries(jobs)
+        assets = {
+            str(j.handle["asset_key"]): str(j.handle["asset_id"])
+            for j in jobs
+            if j.handle and j.handle.get("asset_key") and j.handle.get("asset_id")
+        }
+        return RemoteJobs(self._remote, assets)
+
+    def _start_remote(self, remote: Any, inflight: dict[Future[Any], tuple[_Task, Path]], tmp: Path) -> None:
+        """Start every remote generate stage that is waiting (the runner's limits pace the requests)."""
+        from gen3deval.engine.remote_jobs import JobTask
+
+        for task in self._remote_pending:
+            workdir = tmp / f"r{next(self._seq)}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            case = self._case_by_key[task.case].case
+            obj = self._remote[task.system]
+            try:
+                asset_key = obj.asset_key(case)
+            except OSError:
+                asset_key = None  # an unreadable image: the submit reports it
+            job = JobTask(
+                case_key=task.case,
+                system=task.system,
+                attempt=task.attempt,
+                input_hash=task.input_hash,
+                case=case,
+                workdir=workdir,
+                previous=self._jobs_latest.get((task.case, task.system, task.attempt)),
+                retry_failed=self.retry_failed,
+                asset_key=asset_key,
+            )
+            task.started = time.time()
+            inflight[remote.start(job)] = (task, workdir)
+        self._remote_pending.clear()
+
+    def _remote_done(
+        self, fut: Future[Any], task: _Task, workdir: Path
+    ) -> tuple[_Task, Path, StageResult, float, float] | None:
+        """A remote job ended: its failure to commit, or None when its files go on to the generate stage."""
+        now = time.time()
+        try:
+            outcome = fut.result()
+        except Exception as exc:  # a bug in a system's client: that stage fails, the run goes on
+            result = StageResult.fail("generation_error", f"engine: {type(exc).__name__}: {exc}")
+            return (task, workdir, result, task.started or now, now)
+        if outcome.failure is not None:
+            return (task, workdir, outcome.failure, task.started or now, now)
+        kwargs = {**task.kwargs, "fetched": outcome.fetched}
+        follow = _Task((-1, *task.priority[1:]), task.stage, task.case, task.system, task.attempt, task.input_hash, kwargs)
+        follow.workdir, follow.started = workdir, task.started
+        heapq.heappush(self.ready, follow)
+        return None
 
     def _recycle(self, workdir: Path) -> None:
         """Keep an emptied scratch folder for the next stage (creating and removing one per stage costs

@@ -274,10 +274,17 @@ def stage_generate(
     ref_image: str | None,
     workdir: Path,
     attempt: int = 1,
+    fetched: dict[str, Any] | None = None,
 ) -> StageResult:
-    """Ask the system for its candidate of ``attempt``; a mesh candidate is validated and kept as GLB."""
+    """Ask the system for its candidate of ``attempt``; a mesh candidate is validated and kept as GLB.
+
+    ``fetched``: the downloaded outputs of a remote system's job (:class:`gen3deval.systems.remote.Fetched` as
+    a dict plus ``remote``, the job's facts): no system is asked; kit parts are assembled as placed.
+    """
     from gen3deval.systems.base import GenerationFailed
 
+    if fetched is not None:
+        return _generated_remotely(fetched, workdir)
     c = case_from_dict(case)
     if c.image is None and ref_image is not None:
         c = dataclasses.replace(c, image=ref_image)  # image-conditioned systems see the rendered reference
@@ -298,6 +305,10 @@ def stage_generate(
         except MeshLoadError as exc:
             return StageResult.fail(LOAD_ERROR, str(exc), **value)
         value.update(n_faces=mesh.n_faces, n_vertices=mesh.n_vertices)
+        from gen3deval.mesh.stats import mesh_stats
+
+        # file size of the file the system delivered (before any conversion to the canonical GLB)
+        value["mesh_stats"] = mesh_stats(mesh, cand.mesh_path)
         return StageResult(value=value, files={"mesh": path})
     from gen3deval.systems.base import PROGRAM_SUFFIX
 
@@ -306,6 +317,34 @@ def stage_generate(
     p = workdir / f"candidate{PROGRAM_SUFFIX[cand.language]}"
     p.write_text(cand.program, encoding="utf-8")
     return StageResult(value=value, files={"program": str(p)})
+
+
+def _generated_remotely(fetched: dict[str, Any], workdir: Path) -> StageResult:
+    """The generate stage of a remote job whose files are in ``workdir``: check, canonicalise, keep them."""
+    from gen3deval.mesh.stats import mesh_stats
+
+    meshes, parts = list(fetched.get("meshes") or []), list(fetched.get("parts") or [])
+    value: dict[str, Any] = {"kind": "mesh", "meta": {}, "remote": dict(fetched.get("remote") or {})}
+    files: dict[str, str | list[str]] = {"download": meshes}
+    source = meshes[0] if meshes else None
+    if parts:
+        from gen3deval.systems._csm_api import write_assembly
+
+        files["parts"] = parts
+        try:
+            source = str(write_assembly([Path(p) for p in parts], workdir / "assembly.glb"))
+        except MeshLoadError as exc:
+            return StageResult.fail(LOAD_ERROR, f"a downloaded part does not load: {exc}", **value)
+    if source is None:
+        return StageResult.fail(MISSING_OUTPUT, "the finished job has no mesh to download", **value)
+    try:
+        path, mesh = canonical_mesh_file(source, str(fetched.get("up") or "y"), workdir, "candidate")
+    except MeshLoadError as exc:
+        return StageResult.fail(LOAD_ERROR, f"the downloaded mesh does not load: {exc}", **value)
+    value.update(n_faces=mesh.n_faces, n_vertices=mesh.n_vertices)
+    value["mesh_stats"] = mesh_stats(mesh, source)
+    files["mesh"] = path
+    return StageResult(value=value, files=files)
 
 
 def stage_execute(program: str, language: str, limits: dict[str, Any], workdir: Path) -> StageResult:
@@ -327,16 +366,25 @@ def stage_execute(program: str, language: str, limits: dict[str, Any], workdir: 
             res.error_class or "runtime", res.message or "the program produced no mesh", **value
         )
     value.update(n_faces=res.mesh.n_faces, n_vertices=res.mesh.n_vertices)
-    return StageResult(value=value, files={"mesh": str(save_mesh(res.mesh, workdir / "executed.glb"))})
+    from gen3deval.mesh.stats import mesh_stats
+
+    out = save_mesh(res.mesh, workdir / "executed.glb")
+    value["mesh_stats"] = mesh_stats(res.mesh, out)
+    return StageResult(value=value, files={"mesh": str(out)})
 
 
-def stage_render(mesh: str, protocol: dict[str, Any], workdir: Path) -> StageResult:
-    """Render the candidate with the protocol's rig."""
+def stage_render(mesh: str, protocol: dict[str, Any], workdir: Path, grey: bool = False) -> StageResult:
+    """Render the candidate with the protocol's rig; ``grey``: also untextured views (``renders_grey``)."""
     from gen3deval.mesh.io import load_mesh
 
-    views = render_views(load_mesh(mesh), protocol, protocol["rig"])
+    loaded = load_mesh(mesh)
+    views = render_views(loaded, protocol, protocol["rig"])
     value = {"views": len(views), "renderer": renderer_description(int(protocol["render_size"]))}
-    return StageResult(value=value, files={"renders": write_views_png(views, workdir, "cand")})
+    files: dict[str, str | list[str]] = {"renders": write_views_png(views, workdir, "cand")}
+    if grey:
+        plain = render_views(loaded, {**protocol, "material": "grey"}, protocol["rig"])
+        files["renders_grey"] = write_views_png(plain, workdir, "grey")
+    return StageResult(value=value, files=files)
 
 
 # Prepared references of this process: {(artifact path, normalize, samples, seed): PreparedReference}.

@@ -10,6 +10,7 @@ Tables:
   (1 unless it was stale or retried). The per-case ``reference`` stage has ``system = ''``.
 - ``sessions``: one row per ``gen3deval run`` invocation on this folder (start time, pid, spec hash).
 - ``meta``: key -> JSON (run id, creation time, spec, protocol fingerprint).
+- ``jobs``: one row per try of a remote job (:mod:`gen3deval.engine.jobs_table`).
 
 Durability: WAL with ``synchronous=NORMAL`` survives a killed process (only a power loss can drop the
 last transactions, which then simply get recomputed). A row is committed after its artifacts are on disk.
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gen3deval.engine.jobs_table import SCHEMA as JOBS_SCHEMA
 from gen3deval.engine.pipeline import STAGES as PIPELINE_STAGE_NAMES
 from gen3deval.errors import UserInputError
 
@@ -240,6 +242,7 @@ class Store:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.executescript(_SCHEMA)
+                self.db.executescript(JOBS_SCHEMA)
                 if self.get_meta("schema_version") is None:
                     self.set_meta("schema_version", SCHEMA_VERSION)
             self.db.execute("PRAGMA busy_timeout=30000")

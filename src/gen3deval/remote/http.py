@@ -42,6 +42,7 @@ from gen3deval.remote.errors import FinalError, MaybeSentError, RemoteError, Ret
 from gen3deval.remote.limits import RequestLimiter
 from gen3deval.remote.policy import RETRY_AFTER_MAX_S, RemotePolicy
 from gen3deval.remote.secrets import redact
+from gen3deval.remote.tracking import note_retry
 
 # Methods a retry cannot turn into a second action on the server (RFC 9110 section 9.2.2).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -217,6 +218,7 @@ class ApiClient:
     def _retrying(self) -> AsyncRetrying:
         def before_sleep(state: RetryCallState) -> None:
             self.stats["retries"] += 1
+            note_retry()
             exc = state.outcome.exception() if state.outcome is not None else None
             wait = state.next_action.sleep if state.next_action is not None else 0.0
             log.info("retry %d/%d in %.1f s: %s", state.attempt_number, self.policy.retries, wait, exc)
@@ -304,6 +306,8 @@ class ApiClient:
             if verify is not None:
                 try:
                     verify(tmp)
+                except RetryableError:
+                    raise  # e.g. a file shorter than its own header says: cut short, download again
                 except (ValueError, Gen3DEvalError) as exc:
                     raise FinalError(
                         f"GET {self.redact(_shown(url))}: downloaded file failed verification: "

@@ -127,6 +127,33 @@ def verify_glb(path: Path) -> None:
         raise ValueError(f"{path}: the mesh has no faces")
 
 
+def check_glb_container(path: Path) -> None:
+    """Cheap check of a downloaded GLB (no mesh decoding): the glTF binary header, a total length equal to the
+    file size (else :class:`RetryableError`: the body was cut short) and a JSON chunk that parses.
+
+    The engine uses this while downloading; the full load happens in a worker process.
+    """
+    import json
+    import struct
+
+    from gen3deval.remote.errors import RetryableError
+
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(20)
+        if len(head) < 20 or head[:4] != b"glTF":
+            raise ValueError(f"{path.name}: not a binary glTF (GLB) file")
+        _version, length, json_len, json_type = struct.unpack("<IIII", head[4:20])
+        if length > size:
+            raise RetryableError(f"{path.name}: GLB cut short ({size} of {length} bytes)", status=200)
+        if length != size or json_type != 0x4E4F534A or json_len > length - 20:
+            raise ValueError(f"{path.name}: malformed GLB header")
+        try:
+            json.loads(fh.read(json_len))
+        except ValueError:
+            raise ValueError(f"{path.name}: the GLB's JSON chunk does not parse") from None
+
+
 def assemble(meshes: list[Mesh], source: str = "assembly") -> Mesh:
     """All ``meshes`` as one mesh, as placed (vertices concatenated, faces offset, materials kept per part)."""
     if not meshes:

@@ -11,6 +11,7 @@ A system signals a failure of one case with :class:`GenerationFailed` (stored as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -152,6 +153,12 @@ SYSTEMS.add("oracle", "gen3deval.systems.baselines:OracleSystem")
 SYSTEMS.add("bbox", "gen3deval.systems.baselines:BBoxSystem")
 SYSTEMS.add("boxes", "gen3deval.systems.baselines:BoxesSystem")
 SYSTEMS.add("sphere", "gen3deval.systems.baselines:SphereSystem")
+SYSTEMS.add("csm", "gen3deval.systems.csm_system:CsmSystem")
+
+# Names that expand to several labelled systems (``--system csm-all`` -> csm-base, csm-turbo, ...): a function
+# returning [{name, label, settings}]; settings given with the preset (``csm-all:key=value``) apply to each.
+SYSTEM_PRESETS: Registry[Callable[[], list[dict[str, Any]]]] = Registry("system preset")
+SYSTEM_PRESETS.add("csm-all", "gen3deval.systems.csm_system:csm_all_preset")
 
 
 def create_system(name: str, settings: dict[str, Any] | None = None, *, base_dir: str | Path = ".") -> System:

@@ -40,6 +40,7 @@ from gen3deval.remote.errors import FinalError, MaybeSentError, RemoteError
 from gen3deval.remote.http import ApiClient
 from gen3deval.remote.policy import RemotePolicy
 from gen3deval.remote.secrets import load_api_key, redact
+from gen3deval.remote.tracking import note_resubmit
 from gen3deval.systems._csm_api import (
     IMAGE_MIME,
     JOB_TYPES,
@@ -221,6 +222,7 @@ class CsmClient:
             # The answer was lost after the request may have reached CSM: one more try (the issue's rule:
             # resubmitted once, counted), never a retry loop that could pay for several sessions.
             self.resubmitted += 1
+            note_resubmit()
             resp = await self.api.request_json("POST", "/sessions/", json=body)
         if not isinstance(resp, dict):
             raise FinalError(f"CSM answered POST /sessions/ with {type(resp).__name__}, not an object")
@@ -308,12 +310,21 @@ class CsmClient:
         return PollResult("done", h.to_dict(), outputs=outputs, parts=parts, cost=cost)
 
     # -- fetch -----------------------------------------------------------------------------------------
-    async def fetch(self, poll_result: PollResult, dest_dir: str | Path) -> list[Path]:
+    async def fetch(
+        self,
+        poll_result: PollResult,
+        dest_dir: str | Path,
+        *,
+        verify: Callable[[Path], None] = verify_glb,
+        assemble: bool = True,
+    ) -> list[Path]:
         """Download and verify every GLB of a done job into ``dest_dir``; the first path is the scored candidate.
 
         image_to_3d / chat_to_3d: ``mesh_0.glb`` (then any further meshes). image_to_kit: ``assembly.glb`` (the
-        parts as placed, one mesh), then ``part_00.glb``..., then ``mesh_0.glb``. A 403 (expired URL) re-polls
-        the session once for fresh URLs; a second one is final.
+        parts as placed, one mesh), then ``part_00.glb``..., then ``mesh_0.glb``; with ``assemble=False`` (the
+        engine assembles in a worker process) the meshes come first, then the parts. ``verify`` checks each
+        file (default: load it as a mesh). A 403 (expired URL) re-polls the session once for fresh URLs; a
+        second one is final.
         """
         if poll_result.status != "done":
             raise ValueError(f"fetch needs a done poll result, got {poll_result.status!r}")
@@ -327,7 +338,7 @@ class CsmClient:
         i = 0
         while i < len(urls):
             try:
-                paths[names[i]] = await self.api.download(urls[i], dest / names[i], verify=verify_glb)
+                paths[names[i]] = await self.api.download(urls[i], dest / names[i], verify=verify)
             except RemoteError as exc:
                 if exc.status != 403 or repolled:
                     raise
@@ -341,7 +352,7 @@ class CsmClient:
                 continue
             i += 1
         out = [paths[n] for n in names]
-        if poll_result.parts:
+        if poll_result.parts and assemble:
             part_paths = [paths[n] for n in names if n.startswith("part_")]
             assembly = await asyncio.to_thread(write_assembly, part_paths, dest / "assembly.glb")
             mesh_paths = [paths[n] for n in names if n.startswith("mesh_")]
