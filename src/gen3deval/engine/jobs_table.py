@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -198,4 +200,29 @@ def job_counts(jobs: list[JobRow], now: float | None = None) -> dict[str, dict[s
             c["failed"] += 1
         else:
             c["timed_out"] += 1
+    return out
+
+
+def jobs_overview(jobs: Sequence[JobRow], now: float | None = None) -> dict[str, dict[str, Any]]:
+    """Per system, from the ``jobs`` table: :func:`~gen3deval.engine.jobs_table.job_counts` (tries
+    ``submitted``, ``running``, ``retrying``, ``unconfirmed``, ``complete``, ``failed``, ``timed_out``,
+    ``resubmitted``, ``oldest_running_s``) plus ``jobs`` (distinct case x attempt), ``tries``,
+    ``retried_failed`` (tries made by ``--retry-failed``: try > 1), ``retried`` (tries with a retried request
+    or a resubmission), ``retries`` (retried requests in all) and ``cost`` (sum of the costs reported, None
+    when no try reported one)."""
+    out = {name: dict(c) for name, c in job_counts(list(jobs), now=now).items()}
+    keys: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    for j in jobs:
+        c = out[j.system]
+        keys[j.system].add((j.case, j.attempt))
+        c["tries"] = c.get("tries", 0) + 1
+        c["retried_failed"] = c.get("retried_failed", 0) + int(j.try_ > 1)
+        c["retried"] = c.get("retried", 0) + int(j.retries > 0 or j.resubmitted > 0)
+        c["retries"] = c.get("retries", 0) + j.retries
+        if j.cost is not None:
+            c["cost"] = (c.get("cost") or 0.0) + j.cost
+        else:
+            c.setdefault("cost", None)
+    for name, c in out.items():
+        c["jobs"] = len(keys[name])
     return out

@@ -41,10 +41,17 @@ def metrics_meta(keys: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def build_meta(store: Store, protocol: Protocol | None = None) -> dict[str, Any]:
-    """The run metadata of the contract: run_id, created, suite, systems, protocol, n_cases, metrics."""
+    """The run metadata of the contract: run_id, created, suite, systems, protocol, n_cases, metrics, and
+    ``remote_jobs`` ({system: job counts}, :func:`gen3deval.engine.jobs_table.jobs_overview`) when the run
+    has remote jobs."""
     proto = protocol or protocol_from_params(store.get_meta("protocol_obj"))
+    from gen3deval.engine.jobs_table import jobs_overview, load_jobs
+
     suites = store.get_meta("suites", []) or []
     cases = store.get_meta("cases", {}) or {}
+    jobs = load_jobs(store)
+    # Only runs with remote jobs get the key: the metadata of other runs stays as it was.
+    extra = {"remote_jobs": jobs_overview(jobs)} if jobs else {}
     return {
         "run_id": store.get_meta("run_id"),
         "created": store.get_meta("created"),
@@ -57,6 +64,7 @@ def build_meta(store: Store, protocol: Protocol | None = None) -> dict[str, Any]
         "protocol": store.get_meta("protocol"),
         "n_cases": len(cases),
         "metrics": metrics_meta(proto.metric_keys()),
+        **extra,
     }
 
 
@@ -116,6 +124,8 @@ def assemble_row(
         "executable": False,
         "error_class": None,
         "error": None,
+        # False: an image-only case (nothing to score against); None: unknown (its reference stage failed).
+        "has_reference": has_ref if ref.ok else None,
     }
     for key in protocol.metric_keys():
         row[key] = None
@@ -139,12 +149,16 @@ def assemble_row(
         return fail(ref)
     gen = stages[pl.GENERATE]
     row["artifacts"]["program"] = gen.artifacts.get("program")
+    if isinstance(gen.value.get("remote"), dict):
+        row["remote"] = gen.value["remote"]  # a hosted API's job: times, retries, cost (failed jobs too)
     if not gen.ok:
         return fail(gen)
     mesh_row = stages[pl.mesh_stage(stages, pl.Context(renders=protocol.renders))]
     if not mesh_row.ok:
         return fail(mesh_row)
     row["artifacts"]["mesh"] = mesh_row.artifacts.get("mesh")
+    if isinstance(mesh_row.value.get("mesh_stats"), dict):
+        row["mesh_stats"] = mesh_row.value["mesh_stats"]
     row["executable"] = True
     if state[pl.RENDER] != pl.NA:
         rn = stages[pl.RENDER]
@@ -152,6 +166,8 @@ def assemble_row(
             renders = list(rn.artifacts.get("renders", []))
             row["artifacts"]["renders"] = renders
             row["artifacts"]["render"] = renders[0] if renders else None
+            if rn.artifacts.get("renders_grey"):  # image suites: the same rig in the grey material
+                row["artifacts"]["renders_grey"] = list(rn.artifacts["renders_grey"])
         else:
             # Not fatal: geometry is still scored; the reason is kept, the error class stays empty.
             row["error"] = f"render failed: {rn.error}"

@@ -26,6 +26,7 @@ from gen3deval.report.aggregate import (
     vsr,
 )
 from gen3deval.report.bootstrap import LEVEL, N_RESAMPLES, SEED, Estimate, paired_bootstrap
+from gen3deval.report.remote_jobs import attach_system_stats
 
 __all__ = ["choose_headline", "summarize"]
 
@@ -67,9 +68,10 @@ def summarize(
     """Everything the tables and the HTML show, as plain data.
 
     Keys: ``attempts``, ``bootstrap``, ``metrics`` ({key: info}, the headline first), ``headline``,
-    ``systems`` (ranked, each with ``vsr``, ``errors``, ``metrics`` {key: {"valid", "all", "undefined"}} and
-    ``vs_best``), ``per_category``, ``errors``, ``failures``, ``warnings``, ``max_attempt`` and
-    ``attempt_modes`` (None unless some row has attempt > 1).
+    ``systems`` (ranked, each with ``vsr``, ``errors``, ``metrics`` {key: {"valid", "all", "undefined"}},
+    ``vs_best``, and ``remote`` / ``mesh_stats``: None unless the system ran remote jobs / delivered meshes
+    with statistics, see :mod:`gen3deval.report.remote_jobs`), ``per_category``, ``errors``, ``failures``,
+    ``warnings``, ``max_attempt`` and ``attempt_modes`` (None unless some row has attempt > 1).
     """
     # The headline decides best@<=k, so it is chosen on every row first.
     all_infos = metric_infos(rows, meta)
@@ -109,6 +111,8 @@ def summarize(
     for i, s in enumerate(systems, start=1):
         s["rank"] = i
         s["vs_best"] = None
+    # Remote jobs and mesh statistics count every attempt (each one is a job that ran).
+    attach_system_stats(systems, rows, meta)
     if head and len(systems) > 1:
         _paired_to_best(systems, by_system, head, infos[head], kw)
 
