@@ -481,8 +481,10 @@ def build_spec(
             )
         specs.append(spec)
 
-    if protocol is None and data.get("protocol") is None and all(
-        suite_entry_parts(e)[0].split(":", 1)[0] == "images" for e in suite_list
+    if (
+        protocol is None
+        and data.get("protocol") is None
+        and all(suite_entry_parts(e)[0].split(":", 1)[0] == "images" for e in suite_list)
     ):
         protocol = "photo3d"  # photos without references: renders to look at, nothing to score against
     proto = get_protocol(protocol if protocol is not None else data.get("protocol"))

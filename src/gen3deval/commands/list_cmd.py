@@ -29,6 +29,11 @@ def _systems() -> list[str]:
             f"{k}" + ("" if d is ... else f"={d}") for k, (_t, d) in cls.settings_schema.items()
         )
         lines.append(f"  {name:<10} {cls.description}" + (f"  [settings: {settings}]" if settings else ""))
+    from gen3deval.systems.base import SYSTEM_PRESETS
+
+    for name in SYSTEM_PRESETS.names():
+        labels = ", ".join(str(e["label"]) for e in SYSTEM_PRESETS.get(name)())
+        lines.append(f"  {name:<10} preset: {labels}  (NAME:key=value sets it on each)")
     return lines
 
 

@@ -576,7 +576,9 @@ class Engine:
                             break  # let the pool drain first
                         solo = True
                     task = heapq.heappop(self.ready)
-                    workdir = task.workdir or (self._scratch.pop() if self._scratch else tmp / f"w{next(self._seq)}")
+                    workdir = task.workdir or (
+                        self._scratch.pop() if self._scratch else tmp / f"w{next(self._seq)}"
+                    )
                     try:
                         fut = executor.submit(
                             work, task.stage, task.kwargs, str(workdir), self.retries, self.functions
@@ -691,6 +693,9 @@ class Engine:
             workdir = tmp / f"r{next(self._seq)}"
             workdir.mkdir(parents=True, exist_ok=True)
             case = self._case_by_key[task.case].case
+            if case.image is None and task.kwargs.get("ref_image"):
+                # As for local systems: a mesh suite's image-conditioned system sees the rendered reference.
+                case = dataclasses.replace(case, image=task.kwargs["ref_image"])
             obj = self._remote[task.system]
             try:
                 asset_key = obj.asset_key(case)
@@ -724,7 +729,15 @@ class Engine:
         if outcome.failure is not None:
             return (task, workdir, outcome.failure, task.started or now, now)
         kwargs = {**task.kwargs, "fetched": outcome.fetched}
-        follow = _Task((-1, *task.priority[1:]), task.stage, task.case, task.system, task.attempt, task.input_hash, kwargs)
+        follow = _Task(
+            (-1, *task.priority[1:]),
+            task.stage,
+            task.case,
+            task.system,
+            task.attempt,
+            task.input_hash,
+            kwargs,
+        )
         follow.workdir, follow.started = workdir, task.started
         heapq.heappush(self.ready, follow)
         return None

@@ -108,13 +108,9 @@ class CsmSystem(RemoteSystem):
 
     # -- engine hooks -----------------------------------------------------------------------------------
     def preflight(self, cases: list[Case]) -> list[str]:
+        # The key now, before any work (a prompt, or a clear error without a terminal). Cases without a photo
+        # (mesh suites) send the reference rendered by the reference stage, as image-conditioned systems see it.
         self.credentials()
-        missing = [c.id for c in cases if c.image is None]
-        if missing:
-            raise ConfigError(
-                f"system {self.name!r} turns photos into 3D; {len(missing)} of {len(cases)} cases have no input "
-                f"image (e.g. {missing[0]!r}): use an image suite (`--suite images:DIR`)"
-            )
         return []
 
     def credentials(self) -> None:
