@@ -40,6 +40,7 @@ from gen3deval.engine.jobs_table import (
     SUBMITTING,
     TIMEOUT,
     JobRow,
+    job_counts,
     put_job,
 )
 from gen3deval.engine.stages import StageResult
@@ -117,6 +118,7 @@ class RemoteJobs:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.in_flight = 0
         self.peak_in_flight = 0
+        self._latest: dict[tuple[str, str, int], JobRow] = {}  # engine thread: the last row written per job
         self._thread = threading.Thread(target=self._loop.run_forever, name="gen3deval-remote", daemon=True)
         self._thread.start()
 
@@ -141,6 +143,7 @@ class RemoteJobs:
                 return n
             try:
                 put_job(store, row)
+                self._latest[row.key] = row
             except Exception as exc:
                 if ack is not None:
                     self._loop.call_soon_threadsafe(_resolve, ack, exc)
@@ -150,6 +153,27 @@ class RemoteJobs:
             if ack is not None:
                 self._loop.call_soon_threadsafe(_resolve, ack, None)
             n += 1
+
+    def status_line(self, now: float | None = None) -> str:
+        """One line on the jobs of this run so far (engine thread), e.g. for a heartbeat while they wait."""
+        c: dict[str, Any] = {}
+        for counts in job_counts(list(self._latest.values()), now=now).values():
+            for k, v in counts.items():
+                if k == "oldest_running_s":
+                    c[k] = max(filter(None, (c.get(k), v)), default=None)
+                else:
+                    c[k] = c.get(k, 0) + v
+        if not c:
+            return "remote jobs: none submitted yet"
+        parts = [f"{c['running']} running" + (f" ({c['retrying']} retrying)" if c["retrying"] else "")]
+        parts += [
+            f"{c[k]} {k.replace('_', ' ')}"
+            for k in ("complete", "failed", "timed_out", "unconfirmed")
+            if c[k]
+        ]
+        oldest = c.get("oldest_running_s")
+        tail = f"; oldest running {oldest / 60:.0f} min" if oldest is not None and oldest >= 60 else ""
+        return "remote jobs: " + ", ".join(parts) + tail
 
     def close(self, store: Any | None = None) -> None:
         """Stop every job (their rows stay: a rerun polls them), close the clients and the loop; then write
