@@ -329,6 +329,9 @@ def test_retry_failed_submits_a_new_try_beside_the_failed_one(images: Path, tmp_
         again = _run([*_run_args(images, out), "--retry-failed"], tmp_path, env)
         assert again.returncode == 0, again.stderr[-2000:]
         assert len(server.submissions) == n + 2  # only the two failed jobs, each once
+        # ... sending the asset ids stored by the first run: no photo is uploaded twice, across reruns.
+        assert server.data_uploads == len([p for p in images.iterdir() if p.suffix.lower() == ".jpg"])
+        assert all(str(b["input"]["image"]).startswith("ASSET_") for b in server.submissions[n:])
         rows = _generate_rows(out)
         assert all(r["status"] == "done" for r in rows.values())
         tries = {(j["case"], j["system"]): [] for j in _jobs(out)}
