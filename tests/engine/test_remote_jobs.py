@@ -64,7 +64,10 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 FAST = "poll_interval=0.05,poll_max=0.1,backoff=0.05,rps=100"
 
 
-def test_timeout_is_final_until_retry_failed(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_timeout_is_final_until_retry_failed(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("gen3deval.engine.runner.HEARTBEAT_S", 0.2)
     images = _images(env / "images")
     slow = {"image_to_3d": 30.0, "image_to_kit": 30.0, "chat_to_3d": 30.0}
     with FakeCsm(FakeCsmConfig(api_key=KEY, durations=slow)) as server:
@@ -76,6 +79,9 @@ def test_timeout_is_final_until_retry_failed(env: Path, monkeypatch: pytest.Monk
         assert {r["error_class"] for r in gen.values()} == {"timeout"}
         assert all("timeout_min=0.01" in r["error"] for r in gen.values())
         assert [j["state"] for j in jobs] == ["timeout", "timeout"]
+        # While the jobs waited on the server, the run said so (a heartbeat line).
+        captured = capsys.readouterr()
+        assert "remote jobs: 2 running" in captured.out + captured.err
         n = len(server.requests)
         assert main(["run", str(spec), "--out", str(out)]) == 0
         assert len(server.requests) == n  # a finished job, timed out or not, is not submitted again

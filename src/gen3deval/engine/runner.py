@@ -24,19 +24,16 @@ loses little; stages of one case run close together, so a worker's reference cac
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import heapq
 import itertools
 import os
 import shutil
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +42,16 @@ from gen3deval.engine import pipeline as pl
 from gen3deval.engine.artifacts import ArtifactStore, content_digest
 from gen3deval.engine.pipeline import row_digest
 from gen3deval.engine.progress import NullProgress
+from gen3deval.engine.remote_dispatch import RemoteDispatch
+from gen3deval.engine.run_meta import write_run_meta
 from gen3deval.engine.stages import UNEXPECTED_ERROR_CLASS, StageResult
 from gen3deval.engine.store import REFERENCE_SYSTEM, StageRow, Store
-from gen3deval.engine.workers import LOCK_NAME, RunLock, make_executor, work
+from gen3deval.engine.workers import LOCK_NAME, RunLock, hidden_env, make_executor, work
 from gen3deval.errors import ConfigError, DependencyError
 from gen3deval.suites.base import Case
 
 TMP_DIR = "tmp"
+HEARTBEAT_S = 60.0  # seconds between status lines of remote jobs waiting on their servers
 STAGES = pl.STAGES
 __all__ = ["LOCK_NAME", "CaseEntry", "Engine", "RunLock", "RunResult", "case_fingerprint", "row_digest"]
 
@@ -111,24 +111,13 @@ def _label(case: str, system: str, attempt: int) -> str:
     return f"{case} {system}".strip() + (f" #{attempt}" if attempt != 1 else "")
 
 
-@contextlib.contextmanager
-def _hidden_env(names: set[str]) -> Iterator[None]:
-    """Remove ``names`` (API key variables, already read) from the environment while the run spawns its
-    workers, so no worker or sandboxed program inherits a key; put back afterwards."""
-    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
 def case_fingerprint(case: Case) -> str:
     d = dataclasses.asdict(case)
     d["meta"] = {"up": (case.meta or {}).get("up", "y")}
     return stable_hash(d)
 
 
-class Engine:
+class Engine(RemoteDispatch):
     """Runs the pipelines of ``cases`` x ``systems`` x attempts into ``run_dir`` under ``protocol``.
 
     Args:
@@ -264,57 +253,6 @@ class Engine:
     def _reference_files(self, case: Case) -> str:
         """Digest of the content of the files the reference stage reads (reference mesh, input image)."""
         return stable_hash([content_digest(p) if p else "-" for p in (case.ref_mesh, case.image)])
-
-    # -- meta ------------------------------------------------------------------------------------
-    def _check_and_write_meta(self, store: Store, suites: list[dict[str, Any]], spec: dict[str, Any]) -> None:
-        old_params = store.get_meta("protocol_params_hash")
-        if old_params is not None and old_params != self.params_hash:
-            old = store.get_meta("protocol", {}) or {}
-            raise ConfigError(
-                f"protocol: {self.run_dir} was made with protocol {old.get('name', '?')!r} with other parameters "
-                f"(hash {old_params}, now {self.params_hash}); use another --out, or `gen3deval clean` it first"
-            )
-        if store.get_meta("run_id") is None:
-            store.set_meta("run_id", f"{self.run_dir.name}-{uuid.uuid4().hex[:8]}")
-            store.set_meta("created", datetime.now(UTC).isoformat(timespec="seconds"))
-            store.set_meta("protocol", self.fingerprint)
-            store.set_meta("protocol_params_hash", self.params_hash)
-            store.set_meta("protocol_obj", self.params)
-        else:
-            old = store.get_meta("protocol") or {}
-            if str(old.get("hash") or stable_hash(old)) != self.protocol_hash:
-                self.progress.log(
-                    "note: software versions differ from the ones this run folder was started with; "
-                    "the stored protocol fingerprint is kept and new rows record their own fingerprint hash"
-                )
-            # Rows and reports keep the fingerprint the run was created with.
-            self.fingerprint = old
-        known = store.get_meta("systems", []) or []
-        for s in self.systems:
-            if s.label not in known:
-                known.append(s.label)
-        store.set_meta("systems", known)
-        cases = store.get_meta("cases", {}) or {}
-        for c in self.cases:
-            cases[c.key] = {"id": c.case.id, "category": c.case.category, "suite": c.suite}
-        store.set_meta("cases", cases)
-        prev = store.get_meta("suites", []) or []
-        names = {s["name"] for s in prev}
-        store.set_meta("suites", prev + [s for s in suites if s["name"] not in names])
-        store.set_meta("spec", spec)
-        # Attempts per (system, case) where not 1 (results and progress read them; the latest plan wins).
-        attempts = store.get_meta("attempts", {}) or {}
-        for s in self.systems:
-            per = attempts.setdefault(s.label, {})
-            for c in self.cases:
-                n = self.attempts()[(c.key, s.label)]
-                if n == 1:
-                    per.pop(c.key, None)
-                else:
-                    per[c.key] = n
-            if not per:
-                del attempts[s.label]
-        store.set_meta("attempts", attempts)
 
     # -- planning --------------------------------------------------------------------------------
     def _hash(self, *parts: Any) -> str:
@@ -524,7 +462,7 @@ class Engine:
         self.attempts()  # the systems' plans, before the folder is touched
         for obj in self._remote.values():
             obj.credentials()  # keys are read now, then hidden from the workers (and their sandboxes)
-        with _hidden_env({name for obj in self._remote.values() for name in obj.secret_env()}):
+        with hidden_env({name for obj in self._remote.values() for name in obj.secret_env()}):
             result = self._run_locked(suites, spec)
         result.seconds = time.time() - t0
         return result
@@ -539,7 +477,18 @@ class Engine:
             tmp.mkdir(parents=True, exist_ok=True)
             with Store(self.run_dir) as store:
                 with store.transaction():  # all of the metadata or none of it, whenever the run is killed
-                    self._check_and_write_meta(store, suites or [], spec or {})
+                    self.fingerprint = write_run_meta(
+                        store,
+                        run_dir=self.run_dir,
+                        params=self.params,
+                        fingerprint=self.fingerprint,
+                        systems=[s.label for s in self.systems],
+                        cases=self.cases,
+                        attempts=self.attempts(),
+                        suites=suites or [],
+                        spec=spec or {},
+                        log=self.progress.log,
+                    )
                 store.begin_session(stable_hash(spec or {}))
                 result = self._loop(store, tmp)
                 store.end_session()
@@ -560,6 +509,7 @@ class Engine:
         self.progress.start(self._plan())
         remote = self._remote_jobs(store)
         remote_inflight: dict[Future[Any], tuple[_Task, Path]] = {}
+        heartbeat = time.time()
         for entry in self.cases:
             self._start_case(entry)
         executor = self._make_executor()
@@ -594,9 +544,14 @@ class Engine:
                         break
                     inflight[fut] = (task, workdir)
                 bell = [remote.bell] if remote is not None else []
-                done, _ = wait([*inflight, *remote_inflight, *bell], return_when=FIRST_COMPLETED)
+                # Hosted jobs take minutes to hours: while some wait on a server, a line every HEARTBEAT_S.
+                timeout = HEARTBEAT_S if remote_inflight else None
+                done, _ = wait([*inflight, *remote_inflight, *bell], timeout, FIRST_COMPLETED)
                 if remote is not None:
                     remote.drain(store)  # job rows (handles) are on disk before their jobs go on
+                    if remote_inflight and time.time() - heartbeat >= HEARTBEAT_S:
+                        self.progress.log(remote.status_line())
+                        heartbeat = time.time()
                 solo = False
                 lost: list[_Task] = []
                 finished_now: list[tuple[_Task, Path, StageResult, float, float]] = []
@@ -667,80 +622,6 @@ class Engine:
             remote.close(store)
         self.progress.close()
         return RunResult(ran=ran, skipped=self.skipped, failed=failed, seconds=0.0)
-
-    # -- remote jobs ---------------------------------------------------------------------------------
-    def _remote_jobs(self, store: Store) -> Any:
-        """The remote-job runner when a system is remote (else None), knowing every stored job."""
-        if not self._remote:
-            return None
-        from gen3deval.engine.jobs_table import latest_tries, load_jobs
-        from gen3deval.engine.remote_jobs import RemoteJobs
-
-        jobs = load_jobs(store)
-        self._jobs_latest = latest_tries(jobs)
-        assets = {
-            str(j.handle["asset_key"]): str(j.handle["asset_id"])
-            for j in jobs
-            if j.handle and j.handle.get("asset_key") and j.handle.get("asset_id")
-        }
-        return RemoteJobs(self._remote, assets)
-
-    def _start_remote(self, remote: Any, inflight: dict[Future[Any], tuple[_Task, Path]], tmp: Path) -> None:
-        """Start every remote generate stage that is waiting (the runner's limits pace the requests)."""
-        from gen3deval.engine.remote_jobs import JobTask
-
-        for task in self._remote_pending:
-            workdir = tmp / f"r{next(self._seq)}"
-            workdir.mkdir(parents=True, exist_ok=True)
-            case = self._case_by_key[task.case].case
-            if case.image is None and task.kwargs.get("ref_image"):
-                # As for local systems: a mesh suite's image-conditioned system sees the rendered reference.
-                case = dataclasses.replace(case, image=task.kwargs["ref_image"])
-            obj = self._remote[task.system]
-            try:
-                asset_key = obj.asset_key(case)
-            except OSError:
-                asset_key = None  # an unreadable image: the submit reports it
-            job = JobTask(
-                case_key=task.case,
-                system=task.system,
-                attempt=task.attempt,
-                input_hash=task.input_hash,
-                case=case,
-                workdir=workdir,
-                previous=self._jobs_latest.get((task.case, task.system, task.attempt)),
-                retry_failed=self.retry_failed,
-                asset_key=asset_key,
-            )
-            task.started = time.time()
-            inflight[remote.start(job)] = (task, workdir)
-        self._remote_pending.clear()
-
-    def _remote_done(
-        self, fut: Future[Any], task: _Task, workdir: Path
-    ) -> tuple[_Task, Path, StageResult, float, float] | None:
-        """A remote job ended: its failure to commit, or None when its files go on to the generate stage."""
-        now = time.time()
-        try:
-            outcome = fut.result()
-        except Exception as exc:  # a bug in a system's client: that stage fails, the run goes on
-            result = StageResult.fail("generation_error", f"engine: {type(exc).__name__}: {exc}")
-            return (task, workdir, result, task.started or now, now)
-        if outcome.failure is not None:
-            return (task, workdir, outcome.failure, task.started or now, now)
-        kwargs = {**task.kwargs, "fetched": outcome.fetched}
-        follow = _Task(
-            (-1, *task.priority[1:]),
-            task.stage,
-            task.case,
-            task.system,
-            task.attempt,
-            task.input_hash,
-            kwargs,
-        )
-        follow.workdir, follow.started = workdir, task.started
-        heapq.heappush(self.ready, follow)
-        return None
 
     def _recycle(self, workdir: Path) -> None:
         """Keep an emptied scratch folder for the next stage (creating and removing one per stage costs

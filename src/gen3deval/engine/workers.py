@@ -3,13 +3,14 @@ processes that leave when the engine dies, or inline in the engine's process for
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import multiprocessing
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,17 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+@contextlib.contextmanager
+def hidden_env(names: set[str]) -> Iterator[None]:
+    """Remove ``names`` (API key variables, already read) from the environment while the run spawns its
+    workers, so no worker or sandboxed program inherits a key; put back afterwards."""
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def make_executor(inline: bool, jobs: int, render_backend: str) -> Any:
