@@ -111,6 +111,7 @@ class RemoteJobs:
         self._requests: queue.SimpleQueue[tuple[JobRow, asyncio.Future[None] | None]] = queue.SimpleQueue()
         self._bell_lock = threading.Lock()
         self.bell: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.finished: queue.SimpleQueue[concurrent.futures.Future[JobOutcome]] = queue.SimpleQueue()
         self._loop = asyncio.new_event_loop()
         self._clients: dict[str, Any] = {}
         self._known_assets = dict(known_assets or {})
@@ -124,13 +125,34 @@ class RemoteJobs:
 
     # -- the engine's side --------------------------------------------------------------------------------
     def start(self, job: JobTask) -> concurrent.futures.Future[JobOutcome]:
-        """Run ``job`` on the loop; the future resolves with its :class:`JobOutcome`."""
-        return asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
+        """Run ``job`` on the loop; the future resolves with its :class:`JobOutcome`. When it is done it is
+        put on ``finished`` and the bell rings (the engine waits on the bell, not on each of hundreds of
+        futures: ``concurrent.futures.wait`` costs a waiter per future per call)."""
+        fut = asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
+        fut.add_done_callback(self._finished)
+        return fut
+
+    def _finished(self, fut: concurrent.futures.Future[JobOutcome]) -> None:
+        self.finished.put(fut)
+        self._ring()
+
+    def _ring(self) -> None:
+        with self._bell_lock:
+            if not self.bell.done():
+                self.bell.set_result(None)
 
     def renew_bell(self) -> None:
         with self._bell_lock:
             if self.bell.done():
                 self.bell = concurrent.futures.Future()
+
+    def take_finished(self) -> list[concurrent.futures.Future[JobOutcome]]:
+        """The job futures that finished since the last call (engine thread)."""
+        out = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                out.append(self.finished.get_nowait())
+        return out
 
     def drain(self, store: Any) -> int:
         """Write the rows the jobs sent (engine thread only); returns how many. A store error stops the run."""
@@ -208,9 +230,7 @@ class RemoteJobs:
         """Queue ``row`` for the store; await the result to know it is on disk."""
         ack: asyncio.Future[None] = self._loop.create_future()
         self._requests.put((row, ack))
-        with self._bell_lock:
-            if not self.bell.done():
-                self.bell.set_result(None)
+        self._ring()
         return ack
 
     async def _client(self, label: str) -> Any:

@@ -546,9 +546,10 @@ class Engine(RemoteDispatch):
                 bell = [remote.bell] if remote is not None else []
                 # Hosted jobs take minutes to hours: while some wait on a server, a line every HEARTBEAT_S.
                 timeout = HEARTBEAT_S if remote_inflight else None
-                done, _ = wait([*inflight, *remote_inflight, *bell], timeout, FIRST_COMPLETED)
+                done, _ = wait([*inflight, *bell], timeout, FIRST_COMPLETED)
                 if remote is not None:
                     remote.drain(store)  # job rows (handles) are on disk before their jobs go on
+                    done = {*done, *remote.take_finished()}
                     if remote_inflight and time.time() - heartbeat >= HEARTBEAT_S:
                         self.progress.log(remote.status_line())
                         heartbeat = time.time()

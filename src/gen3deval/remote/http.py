@@ -160,7 +160,12 @@ class ApiClient:
             timeout=httpx.Timeout(policy.request_timeout_s),
             transport=transport,
             follow_redirects=False,  # redirects are followed by hand, so the key never crosses origins
-            limits=httpx.Limits(max_connections=max(10, 2 * policy.concurrency)),
+            # Idle kept-alive connections are capped: httpcore checks each pooled connection (a syscall per
+            # idle socket) at every request event, so an uncapped pool made keep-alive slower than none.
+            limits=httpx.Limits(
+                max_connections=max(10, 2 * policy.concurrency),
+                max_keepalive_connections=min(20, max(10, 2 * policy.concurrency)),
+            ),
             trust_env=False,
         )
         self.stats: dict[str, int] = {"requests": 0, "retries": 0, "errors": 0}
