@@ -15,9 +15,9 @@ A stage runs when every stage it ``requires`` succeeded and every other stage it
 the stage that made the candidate's mesh: ``execute`` for a program, else ``generate``.
 
 Attempts: a system makes ``attempts(case)`` attempts, each its own pipeline (sharing the case's reference).
-Attempts are numbered 1.. in order; today they are independent (all start once the reference is done);
-a revising system (attempt i+1 reads attempt i) would add attempt i's rows to the inputs of attempt i+1's
-``generate`` here.
+Attempts are numbered 1.. in order. They are independent (all start once the reference is done), except for a
+revising system (``Context.revises``): the ``generate`` of attempt i+1 waits until attempt i's :data:`FEEDBACK`
+stages have finished and reads their rows (its previous program, how it ran, its render).
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ STAGES: tuple[str, ...] = tuple(s.name for s in PIPELINE)
 BY_NAME: dict[str, StageDef] = {s.name: s for s in PIPELINE}
 PIPELINE_STAGES: tuple[str, ...] = tuple(s.name for s in PIPELINE if not s.per_case)
 
+# The stages of attempt i that the generate stage of attempt i+1 of a revising system reads.
+FEEDBACK: tuple[str, ...] = (GENERATE, EXECUTE, RENDER)
+
 # States of a stage in one pipeline.
 DONE = "done"  # its row succeeded
 FAILED = "failed"  # its row failed
@@ -81,10 +84,12 @@ class Context:
 
     ``renders``: the protocol renders. ``program``: the system is expected to return a program (its
     ``output``), an estimate used only before its ``generate`` row exists; None when unknown (``any``).
+    ``revises``: attempt i+1 of the system reads attempt i (see :data:`FEEDBACK`).
     """
 
     renders: bool
     program: bool | None = None
+    revises: bool = False
 
 
 def has_reference(ref: StageRow | None) -> bool:
@@ -165,3 +170,10 @@ def inputs(stage: str, rows: Mapping[str, StageRow], ctx: Context) -> list[Stage
         name = resolve(r, rows, ctx)
         out.append(rows.get(name) if applies(name, rows, ctx) else None)
     return out
+
+
+def feedback_ready(rows: Mapping[str, StageRow], ctx: Context) -> bool:
+    """Whether the :data:`FEEDBACK` stages of a pipeline ({stage: row}, its reference included) have all
+    finished (or will never run): its next attempt can be asked for."""
+    state = states(rows, ctx)
+    return not any(state[name] in LEFT for name in FEEDBACK)

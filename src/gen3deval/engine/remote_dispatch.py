@@ -74,6 +74,7 @@ class RemoteDispatch:
                 previous=self._jobs_latest.get((task.case, task.system, task.attempt)),
                 retry_failed=self.retry_failed,
                 asset_key=asset_key,
+                feedback=task.kwargs.get("previous"),
             )
             task.started = time.time()
             inflight[remote.start(job)] = (task, workdir)

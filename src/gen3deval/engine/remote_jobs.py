@@ -71,6 +71,7 @@ class JobTask:
     previous: JobRow | None
     retry_failed: bool
     asset_key: str | None
+    feedback: dict[str, Any] | None = None  # a revision: what attempt i+1 is told about attempt i
 
 
 @dataclass
@@ -304,7 +305,7 @@ class RemoteJobs:
         st.row = row
         await self.send(row)
         try:
-            handle = await system.submit(client, job.case, job.attempt, asset_id)
+            handle = await system.submit(client, job.case, job.attempt, asset_id, feedback=job.feedback)
         except (RemoteError, Gen3DEvalError) as exc:
             self._asset_done(job.asset_key, None)
             st.row = st.row.but(state=FAILED, finished=time.time(), message=str(exc), retrying=False)

@@ -195,7 +195,8 @@ class Engine(RemoteDispatch):
                 self._needs_ref[s.label] = bool(getattr(obj, "needs_reference", False))
             output = getattr(obj, "output", "any")
             program = True if output == "program" else False if output == "mesh" else None
-            self._ctx[s.label] = pl.Context(renders=protocol.renders, program=program)
+            revises = bool(getattr(obj, "revises", False))
+            self._ctx[s.label] = pl.Context(renders=protocol.renders, program=program, revises=revises)
         self._case_index = {c.key: i for i, c in enumerate(cases)}
         # Computed once: every stage of a case hands its dict to a worker and hashes it into its inputs.
         self._case_dict = {c.key: dataclasses.asdict(c.case) for c in cases}
@@ -353,6 +354,8 @@ class Engine(RemoteDispatch):
             for stage, s in state.items():
                 if s != pl.READY or stage in pipe.queued:
                     continue
+                if stage == pl.GENERATE and not self._previous_ready(pipe):
+                    continue  # a revision waits for the attempt it revises
                 kwargs, ih = self._inputs(stage, pipe, view, ctx)
                 row = self._offer(stage, pipe.case, pipe.system, pipe.attempt, ih, kwargs)
                 if row is None:
@@ -361,7 +364,47 @@ class Engine(RemoteDispatch):
                     pipe.rows[stage] = row
                     moved = True
             if not moved:
-                return
+                break
+        nxt = self._next_attempt(pipe)
+        if nxt is not None and pl.GENERATE not in nxt.rows and pl.GENERATE not in nxt.queued:
+            self._advance(nxt)
+
+    def _next_attempt(self, pipe: _Pipe) -> _Pipe | None:
+        """The pipeline of the attempt that revises ``pipe`` (a revising system), else None."""
+        if not self._ctx[pipe.system].revises:
+            return None
+        for other in self.pipes[pipe.case]:
+            if other.system == pipe.system and other.attempt == pipe.attempt + 1:
+                return other
+        return None
+
+    def _previous_view(self, pipe: _Pipe) -> dict[str, StageRow] | None:
+        """The rows of the attempt ``pipe`` revises ({stage: row}, reference included), or None."""
+        if not self._ctx[pipe.system].revises or pipe.attempt == 1:
+            return None
+        prev = self._pipe(pipe.case, pipe.system, pipe.attempt - 1)
+        return {pl.REFERENCE: self._ref[pipe.case], **prev.rows}
+
+    def _previous_ready(self, pipe: _Pipe) -> bool:
+        view = self._previous_view(pipe)
+        return view is None or pl.feedback_ready(view, self._ctx[pipe.system])
+
+    def _feedback(self, view: dict[str, StageRow]) -> dict[str, Any]:
+        """What attempt i+1 is told about attempt i: its program (or answer), whether and how it ran, its
+        first render (the protocol's rig: ``ref`` for code3d/gencad, the view of the reference image)."""
+        gen = view.get(pl.GENERATE)
+        ex = view.get(pl.EXECUTE)
+        rn = view.get(pl.RENDER)
+        failed = next((r for r in (gen, ex) if r is not None and not r.ok), None)
+        renders = rn.artifacts.get("renders") if rn is not None and rn.ok else None
+        return {
+            "program": self._abs(gen.artifacts.get("program")) if gen is not None else None,
+            "answer": self._abs(gen.artifacts.get("answer")) if gen is not None else None,
+            "executable": failed is None and ex is not None and ex.ok,
+            "error_class": failed.error_class if failed is not None else None,
+            "error": failed.error if failed is not None else None,
+            "render": self._abs(renders[0]) if renders else None,
+        }
 
     def _inputs(
         self, stage: str, pipe: _Pipe, view: dict[str, StageRow], ctx: pl.Context
@@ -382,6 +425,11 @@ class Engine(RemoteDispatch):
                 "ref_image": self._abs(ref.artifacts.get("image")),
                 "attempt": pipe.attempt,
             }
+            prev = self._previous_view(pipe)
+            if prev is not None:
+                # A revision reads the attempt it revises: its rows are part of its key.
+                kwargs["previous"] = self._feedback(prev)
+                extra += ["previous", *(row_digest(prev.get(name)) for name in pl.FEEDBACK)]
             return kwargs, self._hash(stage, self._case_fp[case], self._sys_key[system], *extra, *digests)
         if stage == pl.EXECUTE:
             gen = view[pl.GENERATE]

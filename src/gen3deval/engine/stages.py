@@ -275,11 +275,14 @@ def stage_generate(
     workdir: Path,
     attempt: int = 1,
     fetched: dict[str, Any] | None = None,
+    previous: dict[str, Any] | None = None,
 ) -> StageResult:
     """Ask the system for its candidate of ``attempt``; a mesh candidate is validated and kept as GLB.
 
     ``fetched``: the downloaded outputs of a remote system's job (:class:`gen3deval.systems.remote.Fetched` as
     a dict plus ``remote``, the job's facts): no system is asked; kit parts are assembled as placed.
+    ``previous``: for a revising system, what the engine tells attempt i+1 about attempt i (its program, how it
+    ran, its render), passed on to ``generate``.
     """
     from gen3deval.systems.base import GenerationFailed
 
@@ -295,7 +298,10 @@ def stage_generate(
 
         reference = load_mesh(reference_mesh)
     try:
-        cand = sys_obj.generate(c, reference, workdir, attempt=attempt)
+        if previous is not None:
+            cand = sys_obj.generate(c, reference, workdir, attempt=attempt, previous=previous)
+        else:
+            cand = sys_obj.generate(c, reference, workdir, attempt=attempt)
     except GenerationFailed as exc:
         return StageResult.fail(exc.error_class, exc.message)
     value: dict[str, Any] = {"kind": cand.kind, "meta": cand.meta}
@@ -326,6 +332,23 @@ def _generated_remotely(fetched: dict[str, Any], workdir: Path) -> StageResult:
     meshes, parts = list(fetched.get("meshes") or []), list(fetched.get("parts") or [])
     value: dict[str, Any] = {"kind": "mesh", "meta": {}, "remote": dict(fetched.get("remote") or {})}
     files: dict[str, str | list[str]] = {"download": meshes}
+    if fetched.get("answer"):
+        files = {"answer": str(fetched["answer"])}
+    if fetched.get("failure"):
+        error_class, message = fetched["failure"]
+        value["kind"] = "program" if fetched.get("language") else "mesh"
+        return StageResult(
+            status="failed", value=value, files=files, error_class=error_class, error=_short(message)
+        )
+    if fetched.get("program") is not None:
+        from gen3deval.systems.base import PROGRAM_SUFFIX
+
+        language = str(fetched.get("language"))
+        p = workdir / f"candidate{PROGRAM_SUFFIX[language]}"
+        p.write_text(str(fetched["program"]), encoding="utf-8")
+        value.update(kind="program", language=language)
+        files["program"] = str(p)
+        return StageResult(value=value, files=files)
     source = meshes[0] if meshes else None
     if parts:
         from gen3deval.systems._csm_api import write_assembly

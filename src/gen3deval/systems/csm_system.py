@@ -154,7 +154,14 @@ class CsmSystem(RemoteSystem):
             out["prompt"] = s["prompt"]
         return out
 
-    async def submit(self, client: Any, case: Case, attempt: int, asset_id: str | None) -> dict[str, Any]:
+    async def submit(
+        self,
+        client: Any,
+        case: Case,
+        attempt: int,
+        asset_id: str | None,
+        feedback: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         if case.image is None:
             raise ConfigError(f"case {case.id!r}: no input image")
         return dict(

@@ -47,15 +47,31 @@ class Fetched:
     ``meshes``: the meshes as downloaded (the first is the candidate unless there are parts); ``parts``: kit
     parts, assembled as placed into the candidate by the generate stage; ``up``: the files' up axis;
     ``info``: JSON-able facts kept in the generate row's ``value["remote"]`` (part count, ...).
+    A program instead (a model that writes code): ``program`` (its text) in ``language``, ``answer`` the
+    file of the model's whole answer (kept as an artifact); ``failure`` (error class, message) when the answer
+    holds no usable program (``no_code``, a refusal, ``truncated``...).
     """
 
-    meshes: list[str]
+    meshes: list[str] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
     up: str = "y"
     info: dict[str, Any] = field(default_factory=dict)
+    program: str | None = None
+    language: str | None = None
+    answer: str | None = None
+    failure: tuple[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"meshes": self.meshes, "parts": self.parts, "up": self.up, "info": self.info}
+        return {
+            "meshes": self.meshes,
+            "parts": self.parts,
+            "up": self.up,
+            "info": self.info,
+            "program": self.program,
+            "language": self.language,
+            "answer": self.answer,
+            "failure": list(self.failure) if self.failure else None,
+        }
 
 
 class RemoteSystem(System):
@@ -87,9 +103,18 @@ class RemoteSystem(System):
         """A new client, an async context manager, made on the engine's event loop."""
         raise NotImplementedError
 
-    async def submit(self, client: Any, case: Case, attempt: int, asset_id: str | None) -> dict[str, Any]:
+    async def submit(
+        self,
+        client: Any,
+        case: Case,
+        attempt: int,
+        asset_id: str | None,
+        feedback: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Start the job of ``case``; returns its handle (JSON-able; ``asset_id`` in it when the server gave
-        one for the input)."""
+        one for the input). ``feedback``: for a revising system (``revises``), what the engine tells attempt
+        i+1 about attempt i (``program``, ``answer`` paths, ``executable``, ``error_class``, ``error``,
+        ``render``: see :meth:`gen3deval.engine.runner.Engine._feedback`)."""
         raise NotImplementedError
 
     async def poll(self, client: Any, handle: dict[str, Any]) -> PollAnswer:
