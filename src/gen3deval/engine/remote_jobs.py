@@ -327,7 +327,9 @@ class RemoteJobs:
         deadline = st.row.submitted + policy.timeout_min * 60.0
         delays = policy.poll_delays()
         garbled = 0
-        delay = next(delays) if st.row.state == RUNNING and st.row.polls == 0 else 0.0
+        # A system whose answer comes with the request (``polls = False``) is asked at once.
+        first_wait = st.row.state == RUNNING and st.row.polls == 0 and getattr(system, "polls", True)
+        delay = next(delays) if first_wait else 0.0
         while True:
             if delay:
                 await asyncio.sleep(delay)

@@ -154,6 +154,7 @@ SYSTEMS.add("bbox", "gen3deval.systems.baselines:BBoxSystem")
 SYSTEMS.add("boxes", "gen3deval.systems.baselines:BoxesSystem")
 SYSTEMS.add("sphere", "gen3deval.systems.baselines:SphereSystem")
 SYSTEMS.add("csm", "gen3deval.systems.csm_system:CsmSystem")
+SYSTEMS.add("vlm", "gen3deval.systems.vlm:VlmSystem")
 
 # Names that expand to several labelled systems (``--system csm-all`` -> csm-base, csm-turbo, ...): a function
 # returning [{name, label, settings}]; settings given with the preset (``csm-all:key=value``) apply to each.
