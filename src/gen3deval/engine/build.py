@@ -28,16 +28,26 @@ def renderer_info(protocol: Protocol) -> dict[str, Any]:
         return {"renderer": "unavailable", "error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
-def protocol_fingerprint(protocol: Protocol, renderer: dict[str, Any] | None = None) -> dict[str, Any]:
+def protocol_fingerprint(
+    protocol: Protocol, renderer: dict[str, Any] | None = None, systems: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The fingerprint dict of a protocol (PROTOCOLS.md section 11) via :func:`gen3deval.protocol.fingerprint`:
     parameters, library versions, renderer, model ids, sandbox limits and isolation layers (a program that is
-    stopped under ``GEN3DEVAL_SANDBOX=full`` may read files under ``basic``: such runs are not comparable)."""
+    stopped under ``GEN3DEVAL_SANDBOX=full`` may read files under ``basic``: such runs are not comparable).
+    ``systems`` ({label: system object}): those that name models (``fingerprint_models()``: a model id and its
+    prompt template's version) add them under ``models``."""
     from dataclasses import asdict
 
     from gen3deval.execute.sandbox.policy import default_isolation
     from gen3deval.protocol import fingerprint
 
-    models = {"clip": protocol.clip_model} if protocol.clip_model and "clip_score" in protocol.metrics else {}
+    models: dict[str, Any] = (
+        {"clip": protocol.clip_model} if protocol.clip_model and "clip_score" in protocol.metrics else {}
+    )
+    for label, obj in (systems or {}).items():
+        named = getattr(obj, "fingerprint_models", None)
+        if named is not None:
+            models[label] = named()
     return fingerprint(
         protocol.params(),
         name=protocol.name,
@@ -98,12 +108,20 @@ def build_engine(
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_run_dir(out))):
         raise ConfigError(f"out: {out} exists and is not a gen3deval run folder; choose another --out")
     entries, suites = load_cases(spec.suites, spec.limit, spec.seed)
+    from gen3deval.systems.base import SYSTEMS, create_system
+
+    objects = {
+        s.label: create_system(s.name, s.settings, base_dir=s.base_dir)
+        for s in spec.systems
+        if s.name in SYSTEMS
+    }
     engine = Engine(
         spec.out,
         entries,
         spec.systems,
         spec.protocol,
-        fingerprint=protocol_fingerprint(spec.protocol),
+        fingerprint=protocol_fingerprint(spec.protocol, systems=objects),
+        system_objects=objects,
         jobs=spec.jobs,
         retries=spec.retries,
         progress=progress,

@@ -135,6 +135,14 @@ class VlmSystem(RemoteSystem):
             )
         return self._template
 
+    def fingerprint_models(self) -> dict[str, Any]:
+        """What the protocol fingerprint records of this system: the model and its prompt's version."""
+        return {
+            "model": self.settings["model"],
+            "prompt": self.template().name,
+            "prompt_version": self.template().version,
+        }
+
     # -- planning hooks ---------------------------------------------------------------------------------
     def attempts(self, case: Case) -> int:
         return int(self.settings["attempts"])
