@@ -5,7 +5,8 @@
 - ``results.jsonl``: the rows, sorted by (case, system, attempt), one JSON object a line;
 - ``summary.json``: ``meta``, the aggregates (valid-only and all-cases with the metric's own statistic, 95%
   bootstrap intervals, undefined counts), VSR, error classes, paired differences to the best system,
-  failures, warnings and, for runs with several attempts, single vs final;
+  failures, warnings and, for runs with several attempts, single vs final and per system a ``revision``
+  block (single / final@k / best@<=k of every metric, executability recovery) and model-call ``usage``;
 - ``leaderboard.csv``, ``per_category.csv``, ``errors.csv`` and their ``.md`` versions;
 - ``report.html``: the page (returned).
 
@@ -113,4 +114,5 @@ def write_reports(
     write_tables(out, summary, meta)
     head = summary.get("headline")
     hib = bool(summary["metrics"][head]["higher_is_better"]) if head else True
-    return write_html(out, select_attempts(ordered, attempts, key=head, higher_is_better=hib), summary, meta)
+    picked = select_attempts(ordered, attempts, key=head, higher_is_better=hib)
+    return write_html(out, picked, summary, meta, all_rows=ordered)

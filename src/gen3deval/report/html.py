@@ -495,10 +495,13 @@ def render_html(
     full_size: int = FULL_SIZE,
     max_failures: int = MAX_FAILURES,
     max_gallery_cases: int = MAX_GALLERY_CASES,
+    all_rows: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
-    """The report page as a string. ``rows`` are the rows the summary was made from (one attempt each)."""
+    """The report page as a string. ``rows`` are the rows the summary was made from (one attempt each);
+    ``all_rows`` every attempt (the revision section shows each attempt's render), default ``rows``."""
     from gen3deval.report import image_gallery as ig
     from gen3deval.report.remote_jobs import systems_html
+    from gen3deval.report.revision import revision_html
 
     n_cases = len({str(r["case"]) for r in rows})
     title = f"gen3deval report: {suite_label(meta)}"
@@ -514,7 +517,9 @@ def render_html(
             _header(summary, meta, n_cases),
             _leaderboard(summary),
             systems_html(summary, ig.per_system(extra)),
-            _attempts(summary),
+            revision_html(summary, all_rows if all_rows is not None else rows, run_dir)
+            if any(x.get("revision") or x.get("usage") for x in summary["systems"])
+            else _attempts(summary),
             _per_category(summary),
             _errors(summary),
             _failures(summary, max_failures),

@@ -27,6 +27,7 @@ from gen3deval.report.aggregate import (
 )
 from gen3deval.report.bootstrap import LEVEL, N_RESAMPLES, SEED, Estimate, paired_bootstrap
 from gen3deval.report.remote_jobs import attach_system_stats
+from gen3deval.report.revision import attach_revision
 
 __all__ = ["choose_headline", "summarize"]
 
@@ -70,7 +71,8 @@ def summarize(
     Keys: ``attempts``, ``bootstrap``, ``metrics`` ({key: info}, the headline first), ``headline``,
     ``systems`` (ranked, each with ``vsr``, ``errors``, ``metrics`` {key: {"valid", "all", "undefined"}},
     ``vs_best``, and ``remote`` / ``mesh_stats``: None unless the system ran remote jobs / delivered meshes
-    with statistics, see :mod:`gen3deval.report.remote_jobs`), ``per_category``, ``errors``, ``failures``,
+    with statistics, see :mod:`gen3deval.report.remote_jobs`; ``revision`` / ``usage``: None unless the
+    system made several attempts / model calls, see :mod:`gen3deval.report.revision`), ``per_category``, ``errors``, ``failures``,
     ``warnings``, ``max_attempt`` and ``attempt_modes`` (None unless some row has attempt > 1).
     """
     # The headline decides best@<=k, so it is chosen on every row first.
@@ -113,6 +115,8 @@ def summarize(
         s["vs_best"] = None
     # Remote jobs and mesh statistics count every attempt (each one is a job that ran).
     attach_system_stats(systems, rows, meta)
+    # Revision (single / final@k / best@<=k of every metric, recovery) and model-call totals: every attempt.
+    attach_revision(systems, rows, all_infos, head, kw)
     if head and len(systems) > 1:
         _paired_to_best(systems, by_system, head, infos[head], kw)
 

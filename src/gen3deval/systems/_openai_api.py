@@ -277,7 +277,8 @@ class ChatClient:
 
         Raises :class:`ConfigError` with one line: the key refused (HTTP 401/403), the endpoint unreachable or
         failing (naming the URL), or the model unknown (naming a few known ones). A server without
-        ``/models`` (404) cannot be checked: nothing is raised. When a key is given and ``/models`` did not
+        ``/models`` (404) cannot be checked: nothing is raised; nor is a listing of exactly one other id
+        (llama.cpp's server: it answers any model name with its one loaded model). When a key is given and ``/models`` did not
         need it (OpenRouter lists models publicly), ``GET {base_url}/key`` (OpenRouter's key info) is asked
         too; only its 401/403 counts.
         """
@@ -293,6 +294,10 @@ class ChatClient:
                 if exc.status in (401, 403):
                     raise self._preflight_error(f"{self._redact(self.base_url)}/key", exc) from None
         if known is None or model in known:
+            return
+        if len(known) == 1:
+            # llama.cpp's server lists its one loaded model (often as a file path) and answers any name with
+            # it: a single listed id that differs is not an unknown model.
             return
         shown = ", ".join(known[:_KNOWN_SHOWN]) + (", ..." if len(known) > _KNOWN_SHOWN else "")
         raise ConfigError(
