@@ -97,6 +97,10 @@ def test_vlm_threejs_with_revisions_end_to_end(shared_data: Path, tmp_path: Path
         assert first < 6 and second == 6
         for r in rows.values():
             assert r["value"]["remote"]["prompt_tokens"] and r["value"]["remote"]["finish_reason"] == "stop"
+        # The reference image shown is named by its hash in every row, the same for all attempts of a case.
+        for case in {c for c, _a in rows}:
+            hashes = {rows[(case, a)]["value"]["remote"]["image_sha256"] for a in (1, 2, 3)}
+            assert len(hashes) == 1 and len(next(iter(hashes))) == 64
         # A rerun asks nothing again.
         n = len(server.requests)
         again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)

@@ -233,7 +233,16 @@ class VlmSystem(RemoteSystem):
             seed=s["seed"],
             extra_body=s["extra_body"],
         )
-        return {"answer": answer.to_dict(), "model": s["model"], "prompt": t.version, "attempt": attempt}
+        from gen3deval.engine.artifacts import content_digest
+
+        image_hash = await asyncio.to_thread(content_digest, image)
+        return {
+            "answer": answer.to_dict(),
+            "model": s["model"],
+            "prompt": t.version,
+            "attempt": attempt,
+            "image": image_hash,  # the reference image shown (the same for every model)
+        }
 
     async def poll(self, client: Any, handle: dict[str, Any]) -> Any:
         return _Answered(handle)
@@ -250,6 +259,7 @@ class VlmSystem(RemoteSystem):
             k: a.get(k) for k in ("model", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s")
         }
         info["prompt"] = answer.handle.get("prompt")
+        info["image_sha256"] = answer.handle.get("image")
         language = self.settings["language"]
         failure: tuple[str, str] | None = None
         program = extract_code(text, language) if text.strip() else None
