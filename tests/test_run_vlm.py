@@ -242,7 +242,7 @@ def test_vlm_kill9_mid_run_then_rerun_asks_no_stored_attempt(shared_data: Path, 
         # An answer is stored the moment it arrives (the jobs table), even when the kill came before its
         # generate row was committed: such an attempt is finished from the stored answer, never asked again.
         db = sqlite3.connect(out / "store.sqlite")
-        stored = db.execute("SELECT \"case\", attempt FROM jobs WHERE handle IS NOT NULL").fetchall()
+        stored = db.execute('SELECT "case", attempt FROM jobs WHERE handle IS NOT NULL').fetchall()
         db.close()
         assert 0 < len(stored) < 18, stored
         n = len(server.requests)
