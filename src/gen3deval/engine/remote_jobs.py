@@ -35,7 +35,6 @@ from typing import Any
 from gen3deval.engine.jobs_table import (
     COMPLETE,
     FAILED,
-    FINAL,
     RUNNING,
     SUBMITTING,
     TIMEOUT,
@@ -76,10 +75,10 @@ class JobTask:
 
 @dataclass
 class JobOutcome:
-    """A finished remote job: ``fetched`` (the downloaded files, a dict of :class:`Fetched`) when it is
-    done, else ``failure`` (the failed generate stage); ``remote``: the facts kept in ``value["remote"]``."""
+    """A finished remote job: ``fetched`` (the downloaded files, a dict of :class:`Fetched` with ``remote``,
+    the facts kept in the row's ``value["remote"]``) when it is done, else ``failure`` (the failed generate
+    stage, ``remote`` in its value)."""
 
-    remote: dict[str, Any]
     fetched: dict[str, Any] | None = None
     failure: StageResult | None = None
 
@@ -109,7 +108,7 @@ class RemoteJobs:
 
     def __init__(self, systems: dict[str, Any], known_assets: dict[str, str] | None = None) -> None:
         self.systems = systems
-        self._requests: queue.SimpleQueue[tuple[JobRow, asyncio.Future[None] | None]] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[tuple[JobRow, asyncio.Future[None]]] = queue.SimpleQueue()
         self._bell_lock = threading.Lock()
         self.bell: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.finished: queue.SimpleQueue[concurrent.futures.Future[JobOutcome]] = queue.SimpleQueue()
@@ -168,13 +167,11 @@ class RemoteJobs:
                 put_job(store, row)
                 self._latest[row.key] = row
             except Exception as exc:
-                if ack is not None:
-                    self._loop.call_soon_threadsafe(_resolve, ack, exc)
+                self._loop.call_soon_threadsafe(_resolve, ack, exc)
                 raise
             # (A KeyboardInterrupt here is not handed to the job: asyncio would let it kill the loop thread.
             # close() cancels the jobs instead.)
-            if ack is not None:
-                self._loop.call_soon_threadsafe(_resolve, ack, None)
+            self._loop.call_soon_threadsafe(_resolve, ack, None)
             n += 1
 
     def status_line(self, now: float | None = None) -> str:
@@ -306,7 +303,7 @@ class RemoteJobs:
         await self.send(row)
         try:
             handle = await system.submit(client, job.case, job.attempt, asset_id, feedback=job.feedback)
-        except (RemoteError, Gen3DEvalError) as exc:
+        except Gen3DEvalError as exc:  # RemoteError included
             self._asset_done(job.asset_key, None)
             st.row = st.row.but(state=FAILED, finished=time.time(), message=str(exc), retrying=False)
             await self.send(st.row)
@@ -369,20 +366,19 @@ class RemoteJobs:
             await self.send(st.row)
         try:
             fetched = await system.fetch(client, answer, job.workdir)
-        except (RemoteError, Gen3DEvalError) as exc:
+        except Gen3DEvalError as exc:  # RemoteError included
             msg = f"the job is complete on the server but its download failed: {exc}"
             return _failed(system, st.row, msg, REMOTE_ERROR)
         remote = _remote_info(system, st.row, fetched_at=time.time())
         remote.update(fetched.info)
-        return JobOutcome(remote=remote, fetched={**fetched.to_dict(), "remote": remote})
+        return JobOutcome(fetched={**fetched.to_dict(), "remote": remote})
 
     async def _end(
         self, system: Any, st: _Job, state: str, message: str, error_class: str = ""
     ) -> JobOutcome:
         st.row = st.row.but(state=state, finished=time.time(), message=message, retrying=False)
         await self.send(st.row)
-        cls = error_class or (TIMEOUT_ERROR if state == TIMEOUT else SERVER_FAILED)
-        return _failed(system, st.row, message, cls)
+        return _failed(system, st.row, message, error_class or SERVER_FAILED)
 
 
 def _resolve(fut: asyncio.Future[None], exc: BaseException | None) -> None:
@@ -436,7 +432,7 @@ def _failed(system: Any, row: JobRow, message: str, error_class: str = SERVER_FA
     remote = _remote_info(system, row)
     if row.state == TIMEOUT:
         error_class = TIMEOUT_ERROR
-    return JobOutcome(remote=remote, failure=StageResult.fail(error_class, message, remote=remote))
+    return JobOutcome(failure=StageResult.fail(error_class, message, remote=remote))
 
 
-__all__ = ["FINAL", "JobOutcome", "JobTask", "RemoteJobs"]
+__all__ = ["JobOutcome", "JobTask", "RemoteJobs"]

@@ -306,34 +306,45 @@ def stage_generate(
         return StageResult.fail(exc.error_class, exc.message)
     value: dict[str, Any] = {"kind": cand.kind, "meta": cand.meta}
     if cand.mesh_path is not None:
-        try:
-            path, mesh = canonical_mesh_file(cand.mesh_path, cand.up, workdir, "candidate")
-        except MeshLoadError as exc:
-            return StageResult.fail(LOAD_ERROR, str(exc), **value)
-        value.update(n_faces=mesh.n_faces, n_vertices=mesh.n_vertices)
-        from gen3deval.mesh.stats import mesh_stats
+        return _kept_mesh(cand.mesh_path, cand.up, workdir, value, {})
+    assert cand.program is not None and cand.language is not None
+    return _kept_program(cand.program, cand.language, workdir, value, {})
 
-        # file size of the file the system delivered (before any conversion to the canonical GLB)
-        value["mesh_stats"] = mesh_stats(mesh, cand.mesh_path)
-        return StageResult(value=value, files={"mesh": path})
+
+def _kept_mesh(
+    source: str, up: str, workdir: Path, value: dict[str, Any], files: dict[str, Any], what: str = ""
+) -> StageResult:
+    """A mesh candidate loaded, made canonical (GLB, +Y up) and kept with its face/vertex counts and
+    ``mesh_stats`` (the file size of ``source``, the file as delivered); ``what`` prefixes a load error."""
+    from gen3deval.mesh.stats import mesh_stats
+
+    try:
+        path, mesh = canonical_mesh_file(source, up, workdir, "candidate")
+    except MeshLoadError as exc:
+        return StageResult.fail(LOAD_ERROR, f"{what}{exc}", **value)
+    value.update(n_faces=mesh.n_faces, n_vertices=mesh.n_vertices, mesh_stats=mesh_stats(mesh, source))
+    return StageResult(value=value, files={**files, "mesh": path})
+
+
+def _kept_program(
+    program: str, language: str, workdir: Path, value: dict[str, Any], files: dict[str, Any]
+) -> StageResult:
+    """A program candidate written as ``candidate.<suffix>`` of its language and kept."""
     from gen3deval.systems.base import PROGRAM_SUFFIX
 
-    assert cand.program is not None and cand.language is not None
-    value["language"] = cand.language
-    p = workdir / f"candidate{PROGRAM_SUFFIX[cand.language]}"
-    p.write_text(cand.program, encoding="utf-8")
-    return StageResult(value=value, files={"program": str(p)})
+    p = workdir / f"candidate{PROGRAM_SUFFIX[language]}"
+    p.write_text(program, encoding="utf-8")
+    value.update(kind="program", language=language)
+    return StageResult(value=value, files={**files, "program": str(p)})
 
 
 def _generated_remotely(fetched: dict[str, Any], workdir: Path) -> StageResult:
     """The generate stage of a remote job whose files are in ``workdir``: check, canonicalise, keep them."""
-    from gen3deval.mesh.stats import mesh_stats
-
     meshes, parts = list(fetched.get("meshes") or []), list(fetched.get("parts") or [])
     value: dict[str, Any] = {"kind": "mesh", "meta": {}, "remote": dict(fetched.get("remote") or {})}
-    files: dict[str, str | list[str]] = {"download": meshes}
-    if fetched.get("answer"):
-        files = {"answer": str(fetched["answer"])}
+    files: dict[str, str | list[str]] = (
+        {"answer": str(fetched["answer"])} if fetched.get("answer") else {"download": meshes}
+    )
     if fetched.get("failure"):
         error_class, message = fetched["failure"]
         value["kind"] = "program" if fetched.get("language") else "mesh"
@@ -341,14 +352,7 @@ def _generated_remotely(fetched: dict[str, Any], workdir: Path) -> StageResult:
             status="failed", value=value, files=files, error_class=error_class, error=_short(message)
         )
     if fetched.get("program") is not None:
-        from gen3deval.systems.base import PROGRAM_SUFFIX
-
-        language = str(fetched.get("language"))
-        p = workdir / f"candidate{PROGRAM_SUFFIX[language]}"
-        p.write_text(str(fetched["program"]), encoding="utf-8")
-        value.update(kind="program", language=language)
-        files["program"] = str(p)
-        return StageResult(value=value, files=files)
+        return _kept_program(str(fetched["program"]), str(fetched.get("language")), workdir, value, files)
     source = meshes[0] if meshes else None
     if parts:
         from gen3deval.systems._csm_api import write_assembly
@@ -360,14 +364,8 @@ def _generated_remotely(fetched: dict[str, Any], workdir: Path) -> StageResult:
             return StageResult.fail(LOAD_ERROR, f"a downloaded part does not load: {exc}", **value)
     if source is None:
         return StageResult.fail(MISSING_OUTPUT, "the finished job has no mesh to download", **value)
-    try:
-        path, mesh = canonical_mesh_file(source, str(fetched.get("up") or "y"), workdir, "candidate")
-    except MeshLoadError as exc:
-        return StageResult.fail(LOAD_ERROR, f"the downloaded mesh does not load: {exc}", **value)
-    value.update(n_faces=mesh.n_faces, n_vertices=mesh.n_vertices)
-    value["mesh_stats"] = mesh_stats(mesh, source)
-    files["mesh"] = path
-    return StageResult(value=value, files=files)
+    up = str(fetched.get("up") or "y")
+    return _kept_mesh(source, up, workdir, value, files, "the downloaded mesh does not load: ")
 
 
 def stage_execute(program: str, language: str, limits: dict[str, Any], workdir: Path) -> StageResult:
