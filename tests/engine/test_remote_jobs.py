@@ -121,3 +121,29 @@ def test_complete_job_whose_download_failed_is_fetched_again_not_resubmitted(
         assert server.count("submit") == posts  # fetched again from the stored sessions
         assert sorted(json.loads(j["handle"])["sessions"][0] for j in jobs) == sessions
         assert all(json.loads(r["value"])["remote"]["try"] == 1 for r in gen.values())
+
+
+def test_a_changed_job_gets_a_new_try_beside_an_unconfirmed_one(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gen3deval.engine.jobs_table import JobRow, put_job
+    from gen3deval.engine.store import Store
+
+    images = _images(env / "images", n=1)
+    with FakeCsm(FakeCsmConfig(api_key=KEY)) as server:
+        monkeypatch.setenv("CSM_BASE_URL", server.base_url)
+        out = env / "run"
+        assert main(["run", str(_spec(env, images, FAST)), "--out", str(out)]) == 0
+        # An older try of the same job, left unconfirmed (killed while submitting) under another key.
+        with Store(out) as store:
+            put_job(
+                store, JobRow("img0", "csm", 1, 2, "an-older-key", "submitting", created=1.0, updated=1.0)
+            )
+        # The job's settings change: a new key, so a new try (3) -- the old rows are kept as they were.
+        assert main(["run", str(_spec(env, images, FAST + ",texture_model=baked")), "--out", str(out)]) == 0
+        _gen, jobs = _rows(out)
+        assert [(j["try"], j["state"], j["input_hash"] == "an-older-key") for j in jobs] == [
+            (1, "complete", False),
+            (2, "submitting", True),
+            (3, "complete", False),
+        ]

@@ -275,7 +275,7 @@ class RemoteJobs:
         system = self.systems[job.system]
         prev = job.previous
         if prev is not None and prev.input_hash != job.input_hash:
-            prev = None if prev.state == SUBMITTING else _new_try(job, prev)  # another key: a new try
+            prev = _new_try(job, prev)  # another key: a new try beside the old ones, whatever their state
         if prev is not None and prev.state in (FAILED, TIMEOUT) and not job.retry_failed:
             return _failed(system, prev, prev.message or "the job failed in an earlier run")
         state = _Job(
