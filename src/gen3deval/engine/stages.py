@@ -355,7 +355,7 @@ def _generated_remotely(fetched: dict[str, Any], workdir: Path) -> StageResult:
         return _kept_program(str(fetched["program"]), str(fetched.get("language")), workdir, value, files)
     source = meshes[0] if meshes else None
     if parts:
-        from gen3deval.systems._csm_api import write_assembly
+        from gen3deval.mesh.assemble import write_assembly
 
         files["parts"] = parts
         try:

@@ -1,5 +1,5 @@
 """Data and helpers of the CSM client (:mod:`gen3deval.systems.csm`): the job handle, poll results, request
-bodies, response digging, GLB verification and the kit assembly.
+bodies, response digging and GLB verification (kit parts are assembled by :mod:`gen3deval.mesh.assemble`).
 """
 
 from __future__ import annotations
@@ -9,11 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gen3deval.errors import ConfigError, MeshLoadError
-from gen3deval.mesh.io import load_mesh, save_mesh
-from gen3deval.mesh.types import Mesh
+from gen3deval.mesh.io import load_mesh
 
 JOB_TYPES = ("image_to_3d", "image_to_kit", "chat_to_3d")
 RESOLUTION = 200_000
@@ -152,42 +149,3 @@ def check_glb_container(path: Path) -> None:
             json.loads(fh.read(json_len))
         except ValueError:
             raise ValueError(f"{path.name}: the GLB's JSON chunk does not parse") from None
-
-
-def assemble(meshes: list[Mesh], source: str = "assembly") -> Mesh:
-    """All ``meshes`` as one mesh, as placed (vertices concatenated, faces offset, materials kept per part)."""
-    if not meshes:
-        raise ValueError("no parts to assemble")
-    v_off = np.cumsum([0] + [m.n_vertices for m in meshes[:-1]])
-    m_off = np.cumsum([0] + [len(m.materials) for m in meshes[:-1]])
-    uv = None
-    if any(m.uv is not None for m in meshes):
-        uv = np.concatenate(
-            [m.uv if m.uv is not None else np.zeros((m.n_vertices, 2), np.float32) for m in meshes]
-        ).astype(np.float32)
-    colors = None
-    if any(m.vertex_colors is not None for m in meshes):
-        colors = np.concatenate(
-            [
-                m.vertex_colors if m.vertex_colors is not None else np.ones((m.n_vertices, 4), np.float32)
-                for m in meshes
-            ]
-        ).astype(np.float32)
-    return Mesh(
-        vertices=np.concatenate([m.vertices for m in meshes]),
-        faces=np.concatenate([m.faces + o for m, o in zip(meshes, v_off, strict=True)]),
-        face_material=np.concatenate(
-            [m.face_material + o for m, o in zip(meshes, m_off, strict=True)]
-        ).astype(np.int32),
-        materials=tuple(mat for m in meshes for mat in m.materials),
-        uv=uv,
-        vertex_colors=colors,
-        source=source,
-    )
-
-
-def write_assembly(part_paths: list[Path], dest: Path) -> Path:
-    """Load the kit parts and write their :func:`assemble` to ``dest`` (a .glb); returns ``dest``."""
-    meshes = [load_mesh(p) for p in part_paths]
-    save_mesh(assemble(meshes, source=str(dest)), dest)
-    return dest

@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 
 from gen3deval.errors import ConfigError
+from gen3deval.mesh.assemble import assemble, write_assembly
 from gen3deval.remote.errors import FinalError, MaybeSentError, RemoteError
 from gen3deval.remote.http import ApiClient
 from gen3deval.remote.policy import RemotePolicy
@@ -47,11 +48,9 @@ from gen3deval.systems._csm_api import (
     RESOLUTION,
     JobHandle,
     PollResult,
-    assemble,
     dig,
     image_body,
     verify_glb,
-    write_assembly,
 )
 
 __all__ = [
