@@ -381,7 +381,7 @@ def test_gencad_bad_lines(tmp_path: Path) -> None:
 
 
 def test_registry_lists_kinds() -> None:
-    assert SUITE_KINDS.names() == ["gencad", "images", "manifest", "meshes", "quickstart"]
+    assert SUITE_KINDS.names() == ["gencad", "images", "manifest", "meshes", "quickstart", "toys4k"]
     assert set(SUITE_KIND_HELP) == set(SUITE_KINDS.names())
     assert Case(id="x").category == "default"
 

@@ -1,7 +1,7 @@
 """The :class:`Suite`, the registry of suite kinds and :func:`load_suite`.
 
-A suite spec is ``KIND:PATH`` (``images:DIR``, ``meshes:DIR``, ``manifest:FILE_OR_DIR``, ``gencad:FILE``) or a
-bare built-in name (``quickstart``). Loading never stops at a bad entry: the entry is skipped (or, when only a
+A suite spec is ``KIND:PATH`` (``images:DIR``, ``meshes:DIR``, ``manifest:FILE_OR_DIR``, ``gencad:FILE``,
+``toys4k:DIR``) or a bare built-in name (``quickstart``). Loading never stops at a bad entry: the entry is skipped (or, when only a
 referenced file is missing, kept so that the engine marks the case failed with a reason) and the reason is
 recorded in ``Suite.problems`` as ``"FILE:LINE: what was wrong"``. A source that cannot be read at all raises
 :class:`~gen3deval.errors.SuiteError` naming the file.
@@ -75,6 +75,7 @@ SUITE_KINDS.add("meshes", "gen3deval.suites.meshes:load_meshes")
 SUITE_KINDS.add("manifest", "gen3deval.suites.manifest:load_manifest")
 SUITE_KINDS.add("gencad", "gen3deval.suites.gencad:load_gencad")
 SUITE_KINDS.add("quickstart", "gen3deval.suites.quickstart:load_quickstart")
+SUITE_KINDS.add("toys4k", "gen3deval.suites.toys4k:load_toys4k")
 
 # One line per kind, for `gen3deval list` and error messages.
 SUITE_KIND_HELP: dict[str, str] = {
@@ -83,6 +84,8 @@ SUITE_KIND_HELP: dict[str, str] = {
     "meshes": "meshes:DIR: mesh files as references (DIR/[category/]id.ext), optional captions.csv",
     "manifest": "manifest:FILE|DIR: manifest.jsonl or .json list of {id, category, path, caption?, image?, prompt?}",
     "gencad": "gencad:FILE: GenCAD-Code jsonl {question_id, text, ground_truth (CadQuery), image}",
+    "toys4k": "toys4k:DIR: Toys4k as TRELLIS lays it out: metadata.csv {sha256, file_identifier, captions} + "
+    "toys4k_obj_files/<category>/<name>/mesh.obj (caption: longest|first)",
 }
 
 # Kinds that need no path.
@@ -91,6 +94,8 @@ _BUILTIN = ("quickstart",)
 
 # Options every kind takes (applied after loading), and the per-kind options each loader declares.
 COMMON_OPTIONS = ("limit", "seed", "categories")
+# Kind options that take one of a few words (any kind whose loader declares the option): name -> values.
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {"caption": ("longest", "first")}
 
 
 class SuiteOptionError(ConfigError):
@@ -106,7 +111,8 @@ def check_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
     """Validate the options of a suite of ``kind``; returns the loader's own keyword options.
 
     Common options: ``limit`` (positive int), ``seed`` (int >= 0), ``categories`` (list or comma string).
-    Kind options: those the loader declares (``up`` for meshes/manifest, ``captions`` for meshes).
+    Kind options: those the loader declares (``up`` for meshes/manifest/toys4k, ``captions`` for meshes,
+    ``caption`` for toys4k: one of :data:`OPTION_CHOICES`; None there means the loader's default).
     Raises :class:`SuiteOptionError` naming the option.
     """
     loader = SUITE_KINDS.get(kind)
@@ -136,6 +142,13 @@ def check_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
             raise SuiteOptionError(
                 key, f"{key!r} does not apply to suite kind {kind!r}; its options: {known}"
             )
+        elif key in OPTION_CHOICES:
+            if value is None:
+                continue
+            if not isinstance(value, str) or value not in OPTION_CHOICES[key]:
+                words = " or ".join(repr(v) for v in OPTION_CHOICES[key])
+                raise SuiteOptionError(key, f"{key}={value!r} is invalid; use {words}")
+            kind_options[key] = value
         else:
             if value is not None and not isinstance(value, str | Path):
                 raise SuiteOptionError(key, f"{key}={value!r} is invalid; expected a path")
