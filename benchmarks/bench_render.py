@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,9 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")  # pyrender headless; must pre
 import numpy as np
 import trimesh
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _meshes next to this file
+
+from _meshes import subdivided
 from gen3deval.mesh.types import Mesh
 from gen3deval.render import rig
 from gen3deval.render.gl import GLRenderer
@@ -64,32 +68,8 @@ def real_mesh(target_faces: int = 80_000) -> tuple[str, Mesh] | None:
     rows = [json.loads(x) for x in manifest.read_text().splitlines() if x.strip()]
     rows = [r for r in rows if r["id"].startswith("kaykit")]  # textured packs
     row = min(rows, key=lambda r: abs(16 * r["faces"] - target_faces))
-    m = load_mesh(LOWPOLY / row["path"])
-    v, f, fm, uv = m.vertices, m.faces, m.face_material, m.uv
-    for _ in range(2):
-        # Midpoint subdivision: 4 faces per face, new faces of face i at the same order; uv interpolated.
-        attrs = {"uv": uv} if uv is not None else None
-        out = trimesh.remesh.subdivide(v, f, vertex_attributes=attrs)
-        v, f = out[0], out[1]
-        if uv is not None:
-            uv = out[2]["uv"]
-        fm = _subdivided_face_material(fm, len(f))
-    mesh = Mesh(
-        np.asarray(v, np.float64),
-        np.asarray(f, np.int64),
-        np.asarray(fm, np.int32),
-        m.materials,
-        uv=None if uv is None else np.asarray(uv, np.float32),
-        source=row["id"],
-    )
+    mesh = subdivided(load_mesh(LOWPOLY / row["path"]), 2, row["id"])
     return f"{row['id']} x16 (textured)", mesh
-
-
-def _subdivided_face_material(fm: np.ndarray, n_new: int) -> np.ndarray:
-    """trimesh's subdivide replaces each face by 4 consecutive faces."""
-    out = np.repeat(fm, 4)
-    assert len(out) == n_new
-    return out
 
 
 def cpu_wall(fn: Callable[[], object]) -> tuple[float, float]:

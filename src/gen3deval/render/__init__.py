@@ -4,6 +4,9 @@
 >>> views = render(mesh, rig="trellis8")                     # doctest: +SKIP
 >>> views[0].rgb.shape, views[0].depth.dtype                 # doctest: +SKIP
 ((512, 512, 3), dtype('float32'))
+>>> views = render(mesh, rig="trellis8", passes="color")     # doctest: +SKIP
+>>> views[0].depth is None                                   # colour + alpha only, same pixels; faster
+True
 
 Backends: ``gl`` (moderngl on EGL, :mod:`gen3deval.render.gl`), ``raycast`` (trimesh + Embree,
 :mod:`gen3deval.render.raycast`), ``auto`` (GL, falling back to ray casting with a warning).
@@ -25,12 +28,13 @@ from gen3deval.errors import ConfigError, RenderError
 from gen3deval.mesh.types import Mesh
 from gen3deval.render.cameras import RIGS, Camera, rig
 from gen3deval.render.shading import BACKGROUNDS, MATERIALS
-from gen3deval.render.view import View
+from gen3deval.render.view import PASSES, View
 
 __all__ = [
     "BACKENDS",
     "BACKGROUNDS",
     "MATERIALS",
+    "PASSES",
     "RIGS",
     "Camera",
     "Renderer",
@@ -47,7 +51,14 @@ class _Backend(Protocol):
     info: dict[str, str]
 
     def render(
-        self, mesh: Mesh, cameras: list[Camera], *, material: str, background: str, normalize: bool
+        self,
+        mesh: Mesh,
+        cameras: list[Camera],
+        *,
+        material: str,
+        background: str,
+        normalize: bool,
+        passes: str = "all",
     ) -> list[View]: ...
 
 
@@ -97,14 +108,20 @@ class Renderer:
         material: str = "asset",
         background: str = "white",
         normalize: bool = True,
+        passes: str = "all",
     ) -> list[View]:
         """Render ``mesh`` from ``cameras`` (a list, or a rig name rendered at this renderer's size).
 
         ``material``: ``asset`` (base colours, textures, vertex colours) or ``grey`` (geometry only).
-        ``background``: ``white`` (the protocol) or ``black`` (compat only). Returns one View per camera.
+        ``background``: ``white`` (the protocol) or ``black`` (compat only). ``passes``: ``all`` (colour,
+        alpha, depth, normals) or ``color`` (colour and alpha only, pixel for pixel the same; depth and
+        normals are None: what image metrics need, without the float32 depth/normal pass and its
+        read-back). Returns one View per camera.
         """
         cams = rig(cameras, self.size) if isinstance(cameras, str) else list(cameras)
-        return self._impl.render(mesh, cams, material=material, background=background, normalize=normalize)
+        return self._impl.render(
+            mesh, cams, material=material, background=background, normalize=normalize, passes=passes
+        )
 
 
 _CACHE: dict[tuple[str, int | tuple[int, int], int], Renderer] = {}
@@ -126,10 +143,12 @@ def render(
     backend: str = "auto",
     background: str = "white",
     normalize: bool = True,
+    passes: str = "all",
 ) -> list[View]:
-    """Render ``mesh`` (bbox-normalised) from a rig with a cached renderer per (backend, size)."""
+    """Render ``mesh`` (bbox-normalised) from a rig with a cached renderer per (backend, size);
+    ``passes="color"`` for colour and alpha only (see :meth:`Renderer.render`)."""
     return get_renderer(backend, size).render(
-        mesh, rig, material=material, background=background, normalize=normalize
+        mesh, rig, material=material, background=background, normalize=normalize, passes=passes
     )
 
 
@@ -148,6 +167,10 @@ def write_views(views: Sequence[View], out_dir: str | Path, passes: bool = False
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
+    if passes and any(v.depth is None or v.normals is None for v in views):
+        raise ConfigError(
+            "write_views(passes=True) needs views rendered with passes='all' (these have no depth)"
+        )
     for i, v in enumerate(views):
         paths.append(_png(v.rgb, out / f"view_{i:03d}.png"))
         if passes:

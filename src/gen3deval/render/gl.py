@@ -31,6 +31,10 @@ few pixels, so each fragment-shader instruction runs many times per visible pixe
   (normal, depth) per sample; a full-screen resolve pass averages the samples, composites over the
   background in linear light, encodes sRGB, and divides depth and normal by the coverage (mean over
   the covered samples). Alpha is then fractional on edges.
+- ``passes="color"`` (what image metrics need): the same programs compiled without the normal/depth
+  output and its interpolated position, drawn into RGBA8 only (and with MSAA resolved into RGBA8 +
+  alpha): the same fragments pass the same depth test and get the same colour, so RGB and alpha are
+  bit-identical to ``passes="all"``, without writing or reading back 16 bytes per pixel of float32.
 - Pipelining: every view of a ``render`` call (up to ``MAX_IN_FLIGHT`` within ``TARGET_BUDGET`` bytes)
   is drawn into its own read-back targets before any is read, so that llvmpipe rasterises one view on
   its worker threads while this thread transforms and bins the next; the read-backs then come in one
@@ -67,7 +71,7 @@ from gen3deval.render.shading import (
     srgb_to_linear,
     unit_normals,
 )
-from gen3deval.render.view import View
+from gen3deval.render.view import View, check_passes
 
 GL_SRGB8_ALPHA8 = 0x8C43
 DEFAULT_SAMPLES = 0
@@ -96,7 +100,9 @@ uniform vec3 u_eye;      // camera position, world
 uniform vec3 u_light[K]; // light directions rotated to world space for this camera
 uniform vec3 u_base;     // linear albedo of the material (or the grey)
 // Few outputs: llvmpipe's per-vertex and per-triangle cost grows with each vec4 slot.
-out vec3 v_p;            // world position, for the depth
+#ifndef COLOR_ONLY
+out vec3 v_p;            // world position, for the depth (not needed for colour-only renders)
+#endif
 // The face's values in one slot: xyz its normal, turned towards the eye; w its light factor, or (flat
 // colour without MSAA) its final 8-bit sRGB colour packed as r + 256 g + 65536 b (exact in a float).
 flat out vec4 v_f;
@@ -112,7 +118,9 @@ out vec2 v_uv;
     + _TO_SRGB
     + """void main() {
     gl_Position = u_mvp * vec4(in_pos, 1.0);
+#ifndef COLOR_ONLY
     v_p = in_pos;
+#endif
     // Flat shading: everything that depends on the face only is computed here, once per face (the
     // provoking vertex), not per fragment. Double-sided: the normal is turned towards the eye (a
     // degenerate face, which covers no pixel, gets the eye direction).
@@ -140,7 +148,11 @@ out vec2 v_uv;
 _GEOM_FS = (
     """
 #version 330
+#ifndef COLOR_ONLY
 in vec3 v_p;
+uniform vec4 u_zrow;     // third row of the world->camera matrix: z_cam = dot(u_zrow.xyz, p) + u_zrow.w
+layout(location = 1) out vec4 o_nz;
+#endif
 flat in vec4 v_f;
 #ifdef HAS_VCOL
 in vec3 v_col;
@@ -150,9 +162,7 @@ in vec2 v_uv;
 uniform sampler2D u_tex;
 #endif
 uniform vec3 u_base;     // linear albedo of the material (or the grey)
-uniform vec4 u_zrow;     // third row of the world->camera matrix: z_cam = dot(u_zrow.xyz, p) + u_zrow.w
 layout(location = 0) out vec4 o_col;
-layout(location = 1) out vec4 o_nz;
 """
     + _TO_SRGB
     + """void main() {
@@ -178,8 +188,10 @@ layout(location = 1) out vec4 o_nz;
     float g = floor(rg * (1.0 / 256.0));
     o_col = vec4(vec3(rg - g * 256.0, g, b) * (1.0 / 255.0), 1.0);
 #endif
+#ifndef COLOR_ONLY
     // z-depth (camera-space distance along -Z) from the interpolated position: exact for planar faces.
     o_nz = vec4(v_f.xyz, -(dot(u_zrow.xyz, v_p) + u_zrow.w));
+#endif
 }
 """
 )
@@ -197,11 +209,15 @@ _RESOLVE_FS = (
     """
 #version 330
 uniform sampler2DMS u_col;
-uniform sampler2DMS u_nz;
 uniform float u_bg;
 layout(location = 0) out vec4 o_rgb;
+#ifdef COLOR_ONLY
+layout(location = 1) out float o_alpha;
+#else
+uniform sampler2DMS u_nz;
 layout(location = 1) out vec4 o_nz;
 layout(location = 2) out float o_alpha;
+#endif
 """
     + _TO_SRGB
     + """void main() {
@@ -210,19 +226,25 @@ layout(location = 2) out float o_alpha;
     vec4 nz = vec4(0.0);
     for (int i = 0; i < SAMPLES; ++i) {
         c += texelFetch(u_col, p, i);
+#ifndef COLOR_ONLY
         nz += texelFetch(u_nz, p, i);
+#endif
     }
     if (c.a <= 0.0) {
         o_rgb = vec4(vec3(u_bg), 0.0);  // exactly the background: 255 or 0
+#ifndef COLOR_ONLY
         o_nz = vec4(0.0, 0.0, 0.0, uintBitsToFloat(0x7F800000u));
+#endif
         o_alpha = 0.0;
         return;
     }
     float a = c.a / float(SAMPLES);
     vec3 lin = c.rgb / float(SAMPLES) + (1.0 - a) * vec3(u_bg);  // premultiplied colour over the background
     o_rgb = vec4(to_srgb(lin), 1.0);
+#ifndef COLOR_ONLY
     float len_n = length(nz.xyz);
     o_nz = vec4(len_n > 0.0 ? nz.xyz / len_n : vec3(0.0), nz.w / c.a);
+#endif
     o_alpha = a;
 }
 """
@@ -385,6 +407,9 @@ _MASK_NZ = ((False,) * 4, (True,) * 4)
 _MASK_ALL = ((True,) * 4, (True,) * 4)
 
 
+_Blocks = tuple[NDArray[np.uint8], NDArray[np.float32] | None, NDArray[np.float32]]
+
+
 class _BlockPool:
     """Read-back memory, reused once nothing refers to it any more.
 
@@ -397,21 +422,25 @@ class _BlockPool:
 
     def __init__(self, keep: int = 2) -> None:
         self.keep = keep
-        self._sets: list[tuple[NDArray[np.uint8], NDArray[np.float32], NDArray[np.float32]]] = []
+        self._sets: list[_Blocks] = []
 
-    def take(
-        self, n: int, size: tuple[int, int]
-    ) -> tuple[NDArray[np.uint8], NDArray[np.float32], NDArray[np.float32]]:
+    def take(self, n: int, size: tuple[int, int], nz: bool = True) -> _Blocks:
         """(RGBA8 (n, H, W, 4), normal + depth (n, H, W, 4) float32, alpha (n, H, W) float32) blocks for
-        ``n`` views of ``size`` (W, H), each free for the caller to overwrite."""
+        ``n`` views of ``size`` (W, H), each free for the caller to overwrite. Without ``nz`` (colour-only
+        renders) the normal + depth block may be None (a set that has one is still reused for colour)."""
         w, h = size
+        need = (0, 1, 2) if nz else (0, 2)
         for i, blocks in enumerate(self._sets):
-            if blocks[2].shape == (n, h, w) and all(_refs(blocks, k) <= _FREE_REFS for k in range(3)):
+            if (
+                blocks[2].shape == (n, h, w)
+                and (blocks[1] is not None or not nz)
+                and all(_refs(blocks, k) <= _FREE_REFS for k in need)
+            ):
                 self._sets.append(self._sets.pop(i))  # most recently used last
                 return blocks
         new = (
             np.empty((n, h, w, 4), dtype=np.uint8),
-            np.empty((n, h, w, 4), dtype=np.float32),
+            np.empty((n, h, w, 4), dtype=np.float32) if nz else None,
             np.empty((n, h, w), dtype=np.float32),
         )
         self._sets.append(new)
@@ -446,7 +475,8 @@ class GLRenderer:
         context_kwargs: passed to glcontext's EGL backend (``libegl``, ``libgl``, ``device_index``).
 
     Memory: besides the context, up to ``MAX_IN_FLIGHT`` sets of read-back targets of the current size
-    (20 bytes per pixel each, 24 with MSAA; within ``TARGET_BUDGET``), kept between calls: 40 MiB for
+    (20 bytes per pixel each, 24 with MSAA, 4 or 8 when only colour is ever rendered; within
+    ``TARGET_BUDGET``), kept between calls: 40 MiB for
     the 8 views of a rig at 512 x 512; and up to two blocks of numpy memory of the same size that the
     returned views live in, reused by later calls once the caller has dropped those views.
     """
@@ -472,21 +502,11 @@ class GLRenderer:
             "gl_vendor": str(self.ctx.info.get("GL_VENDOR", "")),
             "samples": str(self.samples),
         }
-        self._programs: dict[tuple[bool, bool], Any] = {}
+        self._programs: dict[tuple[bool, bool, bool], Any] = {}
         self._light_dirs = light_dirs()
         # Bound for the materials without a texture when the mesh's program samples one.
         self._white = self.ctx.texture((1, 1), 4, bytes([255, 255, 255, 255]))
-        self._resolve = None
-        self._quad = None
-        if self.samples > 1:
-            self._resolve = self.ctx.program(
-                vertex_shader=_RESOLVE_VS,
-                fragment_shader=f"#version 330\n#define SAMPLES {self.samples}\n"
-                + _RESOLVE_FS.split("\n", 2)[2],
-            )
-            self._resolve["u_col"] = 0
-            self._resolve["u_nz"] = 1
-            self._quad = self.ctx.vertex_array(self._resolve, [])
+        self._resolves: dict[bool, tuple[Any, Any]] = {}  # color_only -> (resolve program, its quad)
         self._size: tuple[int, int] | None = None
         self._shared: dict[str, Any] = {}
         self._targets: list[dict[str, Any]] = []
@@ -499,8 +519,9 @@ class GLRenderer:
         assert self._size is not None
         return self._size
 
-    def _program(self, has_vcol: bool, has_tex: bool) -> Any:
-        key = (has_vcol, has_tex)
+    def _program(self, has_vcol: bool, has_tex: bool, color_only: bool = False) -> Any:
+        """The geometry program for a mesh's attributes; ``color_only`` writes only the colour target."""
+        key = (has_vcol, has_tex, color_only)
         if key not in self._programs:
             k = len(self._light_dirs)
             # Constants baked into the source (an unrolled sum is cheaper on llvmpipe than a uniform loop).
@@ -511,7 +532,7 @@ class GLRenderer:
                 f"#version 330\n#define K {k}\n#define AMBIENT {AMBIENT:.9g}\n#define SHADE_TERMS {terms}\n"
             )
             defs += "#define HAS_VCOL\n" * has_vcol + "#define HAS_TEX\n" * has_tex
-            defs += "#define MSAA\n" * (self.samples > 1)
+            defs += "#define MSAA\n" * (self.samples > 1) + "#define COLOR_ONLY\n" * color_only
             prog = self.ctx.program(
                 vertex_shader=defs + _GEOM_VS.split("\n", 2)[2],
                 fragment_shader=defs + _GEOM_FS.split("\n", 2)[2],
@@ -520,6 +541,19 @@ class GLRenderer:
                 prog["u_tex"] = 0
             self._programs[key] = prog
         return self._programs[key]
+
+    def _resolve(self, color_only: bool) -> tuple[Any, Any]:
+        """The MSAA resolve program for all passes or colour and alpha only, and its full-screen quad."""
+        if color_only not in self._resolves:
+            defs = f"#version 330\n#define SAMPLES {self.samples}\n" + "#define COLOR_ONLY\n" * color_only
+            prog = self.ctx.program(
+                vertex_shader=_RESOLVE_VS, fragment_shader=defs + _RESOLVE_FS.split("\n", 2)[2]
+            )
+            prog["u_col"] = 0
+            if not color_only:
+                prog["u_nz"] = 1
+            self._resolves[color_only] = (prog, self.ctx.vertex_array(prog, []))
+        return self._resolves[color_only]
 
     def _resize(self, width: int, height: int) -> None:
         """Make the image size (width, height): drop the targets of another size (re-created lazily)."""
@@ -531,38 +565,56 @@ class GLRenderer:
         # multisampled geometry targets, since only the resolved images are read back.
         if self.samples > 1:
             col = ctx.texture(size, 4, samples=self.samples, dtype="f2")
-            nz = ctx.texture(size, 4, samples=self.samples, dtype="f4")
             dep = ctx.depth_renderbuffer(size, samples=self.samples)
-            self._shared = {"geom": ctx.framebuffer([col, nz], dep), "col": col, "nz": nz, "dep": dep}
+            self._shared = {"col": col, "dep": dep}
         else:
             self._shared = {"dep": ctx.depth_renderbuffer(size)}
         self._size = size
 
-    def _target(self, i: int) -> dict[str, Any]:
-        """The i-th set of read-back targets (created on first use): one per view in flight."""
-        while len(self._targets) <= i:
-            ctx, size, dep = self.ctx, self.size, self._shared["dep"]
-            if self.samples > 1:
-                out_rgb = ctx.renderbuffer(size, 4, dtype="f1")
-                out_nz = ctx.renderbuffer(size, 4, dtype="f4")
-                out_a = ctx.renderbuffer(size, 1, dtype="f4")
-                t = {
-                    "out": ctx.framebuffer([out_rgb, out_nz, out_a]),
-                    "out_rgb": out_rgb,
-                    "out_nz": out_nz,
-                    "out_a": out_a,
-                }
+    def _geom(self, color_only: bool) -> Any:
+        """MSAA: the multisampled framebuffer drawn into, with or without the (normal, depth) target
+        (created on first use, so that colour-only rendering never allocates it)."""
+        key = "geom_c" if color_only else "geom"
+        sh = self._shared
+        if key not in sh:
+            if color_only:
+                sh[key] = self.ctx.framebuffer([sh["col"]], sh["dep"])
             else:
-                rgb = ctx.renderbuffer(size, 4, dtype="f1")
-                nz = ctx.renderbuffer(size, 4, dtype="f4")
-                t = {"out": ctx.framebuffer([rgb, nz], dep), "rgb": rgb, "nz": nz}
-            self._targets.append(t)
-        return self._targets[i]
+                sh["nz"] = self.ctx.texture(self.size, 4, samples=self.samples, dtype="f4")
+                sh[key] = self.ctx.framebuffer([sh["col"], sh["nz"]], sh["dep"])
+        return sh[key]
 
-    def _max_in_flight(self) -> int:
+    def _target(self, i: int, color_only: bool = False) -> dict[str, Any]:
+        """The i-th set of read-back targets (created on first use): one per view in flight. Its
+        framebuffer ``out`` has the attachments (rgb, nz[, a]); ``out_c`` only (rgb[, a]), sharing them."""
+        while len(self._targets) <= i:
+            self._targets.append({})
+        t = self._targets[i]
+        key = "out_c" if color_only else "out"
+        if key not in t:
+            ctx, size, dep = self.ctx, self.size, self._shared["dep"]
+            msaa = self.samples > 1
+            if "rgb" not in t:
+                t["rgb"] = ctx.renderbuffer(size, 4, dtype="f1")
+            if msaa and "a" not in t:
+                t["a"] = ctx.renderbuffer(size, 1, dtype="f4")
+            att = [t["rgb"]]
+            if not color_only:
+                t["nz"] = ctx.renderbuffer(size, 4, dtype="f4")
+                att.append(t["nz"])
+            if msaa:
+                # The resolve pass writes these; no depth test.
+                t[key] = ctx.framebuffer([*att, t["a"]])
+            else:
+                t[key] = ctx.framebuffer(att, dep)
+        return t
+
+    def _max_in_flight(self, color_only: bool = False) -> int:
         """Views drawn before the first is read back: as many as fit in ``TARGET_BUDGET`` bytes."""
         w, h = self.size
-        per_view = w * h * (24 if self.samples > 1 else 20)
+        per_view = (
+            w * h * ((8 if self.samples > 1 else 4) if color_only else (24 if self.samples > 1 else 20))
+        )
         return max(1, min(MAX_IN_FLIGHT, TARGET_BUDGET // per_view))
 
     def _release_targets(self) -> None:
@@ -581,16 +633,24 @@ class GLRenderer:
         material: str = "asset",
         background: str = "white",
         normalize: bool = True,
+        passes: str = "all",
     ) -> list[View]:
-        """Render ``mesh`` from each camera (bbox-normalised first when ``normalize``); one View per camera."""
+        """Render ``mesh`` from each camera (bbox-normalised first when ``normalize``); one View per camera.
+
+        ``passes``: ``all`` (colour, alpha, depth, normals) or ``color`` (colour and alpha only, the same
+        pixels: no normal/depth target is written or read back; the views' depth and normals are None).
+        """
         check_options(material, background)
+        check_passes(passes)
         prep = mesh if isinstance(mesh, Prepared) else prepare(mesh, normalize=normalize)
         # Make this context current for the call (and restore the previous one after): another renderer
         # or GL library in the process (a second GLRenderer, pyrender) may have made its own current.
         with self.ctx:
-            return self._render(prep, cameras, material, background)
+            return self._render(prep, cameras, material, background, passes == "color")
 
-    def _render(self, prep: Prepared, cameras: list[Camera], material: str, background: str) -> list[View]:
+    def _render(
+        self, prep: Prepared, cameras: list[Camera], material: str, background: str, color_only: bool = False
+    ) -> list[View]:
         bg = BACKGROUNDS[background]
         cross = face_cross(prep.mesh.vertices, prep.mesh.faces) if prep.n_faces else None
         up = _Upload(self.ctx, prep, material, cross) if prep.n_faces else None
@@ -604,7 +664,7 @@ class GLRenderer:
         try:
             vao = None
             if up is not None:
-                prog = self._program(up.has_vcol, up.uv is not None)
+                prog = self._program(up.has_vcol, up.uv is not None, color_only)
                 content = [(up.pos, "3f", "in_pos"), (up.fn, "3f", "in_fn")]
                 if up.col is not None:
                     content.append((up.col, "3f", "in_col"))
@@ -620,13 +680,15 @@ class GLRenderer:
             batch: list[Camera] = []
             for cam in cameras:
                 size = (int(cam.width), int(cam.height))
-                if size != self._size or len(batch) >= self._max_in_flight():
-                    views += self._read(batch, background)
+                if size != self._size or len(batch) >= self._max_in_flight(color_only):
+                    views += self._read(batch, background, color_only)
                     batch = []
                     self._resize(*size)
-                self._draw(self._target(len(batch)), prep, up, vao, cam, bg, box, orient)
+                self._draw(
+                    self._target(len(batch), color_only), prep, up, vao, cam, bg, box, orient, color_only
+                )
                 batch.append(cam)
-            views += self._read(batch, background)
+            views += self._read(batch, background, color_only)
             return views
         finally:
             if up is not None:
@@ -642,13 +704,16 @@ class GLRenderer:
         bg: float,
         box: NDArray[np.float64] | None = None,
         orient: int = 0,
+        color_only: bool = False,
     ) -> None:
         """Queue the passes of one view into the targets ``t`` (read back later by :meth:`_read`)."""
         ctx = self.ctx
         msaa = self.samples > 1
-        geom = self._shared["geom"] if msaa else t["out"]
-        if msaa:
-            geom.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        geom = self._geom(color_only) if msaa else t["out_c" if color_only else "out"]
+        if msaa or color_only:
+            # One attachment to clear (the MSAA geometry targets resolve to the background later).
+            c = 0.0 if msaa else bg
+            geom.clear(c, c, c, 0.0, depth=1.0)
         else:
             # Each attachment its own background value, in the framebuffer drawn into (one llvmpipe scene
             # per view: binding another framebuffer would close the scene).
@@ -680,7 +745,8 @@ class GLRenderer:
             prog["u_mvp"].write((flip_y @ cam.projection(near, far) @ view_m).T.astype("f4").tobytes())
             # Lights are fixed to the camera: rotate their camera-space directions to world space.
             prog["u_light"].write((self._light_dirs @ cam.c2w[:3, :3].T).astype("f4").tobytes())
-            prog["u_zrow"] = tuple(float(x) for x in view_m[2])
+            if not color_only:
+                prog["u_zrow"] = tuple(float(x) for x in view_m[2])
             prog["u_eye"] = tuple(float(x) for x in cam.position)
             # Flat per-face values come from each face's last vertex (its own, see provoking_layout).
             ctx.provoking_vertex = ctx.LAST_VERTEX_CONVENTION
@@ -690,14 +756,15 @@ class GLRenderer:
                     (tex if tex is not None else self._white).use(0)
                 vao.render(mode=ctx.TRIANGLES, vertices=count, first=first)
         if msaa:
-            assert self._resolve is not None and self._quad is not None
-            t["out"].use()
+            resolve, quad = self._resolve(color_only)
+            t["out_c" if color_only else "out"].use()
             ctx.disable(ctx.DEPTH_TEST)
             ctx.disable(ctx.CULL_FACE)
             self._shared["col"].use(0)
-            self._shared["nz"].use(1)
-            self._resolve["u_bg"] = bg
-            self._quad.render(mode=ctx.TRIANGLES, vertices=3)
+            if not color_only:
+                self._shared["nz"].use(1)
+            resolve["u_bg"] = bg
+            quad.render(mode=ctx.TRIANGLES, vertices=3)
 
     def _facing(
         self, up: _Upload, vao: Any, eye: NDArray[np.float64], orient: int, radius: float
@@ -730,19 +797,22 @@ class GLRenderer:
             first += kept
         return vao, groups
 
-    def _read(self, cams: list[Camera], background: str) -> list[View]:
-        """Read back the views drawn into the first ``len(cams)`` targets."""
+    def _read(self, cams: list[Camera], background: str, color_only: bool = False) -> list[View]:
+        """Read back the views drawn into the first ``len(cams)`` targets (colour and alpha only, when
+        ``color_only``: their depth and normals are None)."""
         if not cams:
             return []
         n = len(cams)
-        rgba, nz, alpha = self._blocks.take(self._max_in_flight(), self.size)
-        rgba, nz, alpha = rgba[:n], nz[:n], alpha[:n]
+        rgba, nz_block, alpha = self._blocks.take(self._max_in_flight(color_only), self.size, not color_only)
+        rgba, alpha = rgba[:n], alpha[:n]
+        nz = None if color_only or nz_block is None else nz_block[:n]
         for i in range(n):
-            fbo = self._targets[i]["out"]
+            fbo = self._targets[i]["out_c" if color_only else "out"]
             fbo.read_into(rgba[i], components=4, attachment=0, dtype="f1")
-            fbo.read_into(nz[i], components=4, attachment=1, dtype="f4")
+            if nz is not None:
+                fbo.read_into(nz[i], components=4, attachment=1, dtype="f4")
             if self.samples > 1:
-                fbo.read_into(alpha[i], components=1, attachment=2, dtype="f4")
+                fbo.read_into(alpha[i], components=1, attachment=1 if nz is None else 2, dtype="f4")
         if self.samples <= 1 and sys.byteorder == "little":
             # Without MSAA alpha is exactly 0 or 255 (the clear, or a fragment's 1.0): its top bit (the top
             # bit of the pixel as a little-endian uint32) times the bits of 1.0f gives the float32 0.0 or
@@ -757,8 +827,8 @@ class GLRenderer:
             View(
                 rgb=rgba[i, :, :, :3],
                 alpha=alpha[i],
-                depth=nz[i, :, :, 3],
-                normals=nz[i, :, :, :3],
+                depth=None if nz is None else nz[i, :, :, 3],
+                normals=None if nz is None else nz[i, :, :, :3],
                 camera=cam,
                 background=background,
             )

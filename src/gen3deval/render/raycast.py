@@ -28,7 +28,7 @@ from gen3deval.render.shading import (
     shade,
     srgb_to_linear,
 )
-from gen3deval.render.view import View
+from gen3deval.render.view import View, check_passes
 
 
 class RaycastRenderer:
@@ -54,9 +54,12 @@ class RaycastRenderer:
         material: str = "asset",
         background: str = "white",
         normalize: bool = True,
+        passes: str = "all",
     ) -> list[View]:
-        """Render ``mesh`` from each camera (bbox-normalised first when ``normalize``); one View per camera."""
+        """Render ``mesh`` from each camera (bbox-normalised first when ``normalize``); one View per camera.
+        ``passes="color"``: colour and alpha only (the same pixels; depth and normals None)."""
         check_options(material, background)
+        check_passes(passes)
         prep = mesh if isinstance(mesh, Prepared) else prepare(mesh, normalize=normalize)
         bg = BACKGROUNDS[background]
         intersector = None
@@ -69,7 +72,7 @@ class RaycastRenderer:
             i: srgb_to_linear(t[:, :, :3] / 255.0).astype(np.float32) for i, t in prep.textures.items()
         }
         return [
-            self._render_one(prep, intersector, normals, tex_lin, cam, material, bg, background)
+            self._render_one(prep, intersector, normals, tex_lin, cam, material, bg, background, passes)
             for cam in cameras
         ]
 
@@ -83,12 +86,14 @@ class RaycastRenderer:
         material: str,
         bg: float,
         background: str,
+        passes: str = "all",
     ) -> View:
         h, w = int(cam.height), int(cam.width)
         rgb = np.full((h * w, 3), np.uint8(round(bg * 255)), dtype=np.uint8)
         alpha = np.zeros(h * w, dtype=np.float32)
-        depth = np.full(h * w, np.inf, dtype=np.float32)
-        nrm = np.zeros((h * w, 3), dtype=np.float32)
+        all_passes = passes == "all"
+        depth = np.full(h * w, np.inf, dtype=np.float32) if all_passes else None
+        nrm = np.zeros((h * w, 3), dtype=np.float32) if all_passes else None
         if intersector is not None:
             dirs = cam.ray_directions().reshape(-1, 3)
             eye = cam.position
@@ -104,9 +109,10 @@ class RaycastRenderer:
             t = np.einsum("ij,ij->i", n, v0 - eye) / denom
             points = eye + t[:, None] * d
             n = np.where((denom > 0)[:, None], -n, n)  # turn towards the camera
-            back = cam.c2w[:3, 2]
-            depth[hit] = t * -(d @ back)
-            nrm[hit] = n
+            if depth is not None and nrm is not None:
+                back = cam.c2w[:3, 2]
+                depth[hit] = t * -(d @ back)
+                nrm[hit] = n
             alpha[hit] = 1.0
             albedo = self._albedo(prep, f, points, tex_lin, material)
             lin = shade(n @ cam.c2w[:3, :3], albedo)
@@ -114,8 +120,8 @@ class RaycastRenderer:
         return View(
             rgb=rgb.reshape(h, w, 3),
             alpha=alpha.reshape(h, w),
-            depth=depth.reshape(h, w),
-            normals=nrm.reshape(h, w, 3),
+            depth=None if depth is None else depth.reshape(h, w),
+            normals=None if nrm is None else nrm.reshape(h, w, 3),
             camera=cam,
             background=background,
         )
