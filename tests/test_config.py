@@ -45,13 +45,17 @@ def test_presets_match_the_protocol_document() -> None:
         "fscore@0.05",
         "normal_consistency",
     ]
-    assert c.image_metrics == ("mse", "psnr", "ssim", "silhouette_iou")
+    assert c.image_metrics == ("mse", "psnr", "ssim", "silhouette_iou", "lpips", "clip_image_sim")
+    assert c.learned() == {"lpips": "lpips", "clip_image_sim": "clip"} and c.version == "3"
     g = PROTOCOLS["gencad"]
     assert (g.task, g.language, g.normalize) == ("image-to-cadquery", "cadquery", "inertia")
     assert "best_iou" in g.metric_keys() and not g.unavailable()
     t = PROTOCOLS["clip3d"]
-    assert t.rig == "trellis8" and t.metric_keys() == ["clip_score"]
-    assert t.unavailable() and "CLIP metric is not available yet" in t.unavailable()[0]
+    assert t.rig == "trellis8" and t.metric_keys() == ["clip_score"] and t.reference_free() == ["clip_score"]
+    assert not t.unavailable() and t.clip_model_id() == "openai/clip-vit-base-patch32"
+    ph = PROTOCOLS["photo3d"]
+    assert ph.metric_keys() == ["clip_image_to_3d"] and ph.rig == "trellis8" and ph.version == "3"
+    assert d.learned() == {} and not d.reference_free()  # the default protocol needs no model
     assert len({p.params_hash() for p in PROTOCOLS.values()}) == len(PROTOCOLS)
 
 
@@ -76,7 +80,9 @@ def test_protocol_overrides_and_round_trip() -> None:
         ({"name": "default", "seed": -1}, "protocol.seed"),
         ({"name": "default", "thresholds": [-0.1]}, "protocol.thresholds"),
         ({"name": "default", "metrics": ["chamfer_l3"]}, "protocol.metrics: unknown metric 'chamfer_l3'"),
-        ({"name": "default", "image_metrics": ["lpips"]}, "protocol.image_metrics"),
+        ({"name": "default", "image_metrics": ["fid"]}, "protocol.image_metrics"),
+        ({"name": "default", "metrics": ["lpips"]}, "protocol.metrics: 'lpips' compares"),
+        ({"name": "default", "rig": None, "image_metrics": [], "metrics": ["clip_score"]}, "protocol.rig"),
         ({"name": "default", "rig": "front"}, "protocol.rig: unknown rig 'front'"),
         ({"name": "default", "rig": None}, "protocol.rig: image metrics need"),
         ({"name": "default", "normalize": "unit"}, "protocol.normalize"),

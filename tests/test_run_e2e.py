@@ -337,7 +337,7 @@ def test_systems_needing_references_are_refused_on_a_photo_suite(tmp_path: Path)
         ("systems: [{name: files, settings: {dir: nowhere}}]", "systems[0].settings.dir"),
         ("systems: [oracle, nosuchsystem]", "systems[1].name"),
         ("protocol: {name: default, samples: many}", "protocol.samples"),
-        ("protocol: clip3d", "CLIP metric is not available yet"),
+        ("protocol: {name: clip3d, metrics: [clip_scor]}", "protocol.metrics: unknown metric 'clip_scor'"),
         ("jobs: 0", "jobs"),
         ("suite: manifest:missing.jsonl", "missing.jsonl"),
         ("sytems: [oracle]", "sytems: unknown field"),

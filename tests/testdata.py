@@ -31,3 +31,40 @@ def lowpoly_sample(per_category: int = 1) -> list[dict]:
             seen[row["category"]] = seen.get(row["category"], 0) + 1
             out.append(row)
     return out
+
+
+def toys4k_sha(i: int) -> str:
+    """The sha256 (case id) of asset ``i`` of :func:`toys4k_tree`."""
+    import hashlib
+
+    return hashlib.sha256(f"asset{i}".encode()).hexdigest()
+
+
+def toys4k_tree(root: Path, n: int = 3, bad_rows: bool = True, captions: dict | None = None) -> Path:
+    """A Toys4k-layout folder (``metadata.csv`` + ``toys4k_obj_files/<cat>/<name>/mesh.obj``) of the first ``n``
+    objects of :func:`lowpoly_sample` written as OBJ; ``captions``: {i: [captions]} (default two per asset).
+    ``bad_rows``: a row whose mesh is missing (asset 7) and one with a malformed captions cell (asset 8)."""
+    import csv
+
+    import trimesh
+
+    from gen3deval.mesh.io import load_mesh
+
+    picks = lowpoly_sample(1)[:n]
+    rows = []
+    for i, p in enumerate(picks):
+        cat, name = p["category"], f"{p['category']}_{i:03d}"
+        mesh = load_mesh(LOWPOLY / p["path"])
+        out = root / "toys4k_obj_files" / cat / name / "mesh.obj"
+        out.parent.mkdir(parents=True)
+        trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).export(out)
+        caps = (captions or {}).get(i, [f"a {cat}", f"a {cat} in low poly style"])
+        rows.append([toys4k_sha(i), f"{cat}/{name}/{name}.blend", 5.0 + i, repr(caps)])
+    if bad_rows:
+        rows.append([toys4k_sha(7), "tool/tool_404/tool_404.blend", 4.5, "['a missing hammer']"])
+        rows.append([toys4k_sha(8), f"{picks[0]['category']}/x/x.blend", 4.5, "['unclosed"])
+    with open(root / "metadata.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sha256", "file_identifier", "aesthetic_score", "captions"])
+        w.writerows(rows)
+    return root

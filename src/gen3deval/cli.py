@@ -25,6 +25,7 @@ from gen3deval.errors import Gen3DEvalError, UserInputError
 # Command name -> module under gen3deval.commands (imported lazily so `--help` stays fast).
 COMMANDS: dict[str, str] = {
     "run": "run_cmd",
+    "score": "score_cmd",
     "compare": "compare_cmd",
     "render": "render_cmd",
     "exec": "exec_cmd",
@@ -118,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
         out = getattr(args, "resume_out", None)  # set by the run command once it knows its folder
         hint = f"; resume with: gen3deval run --out {shlex.quote(str(out))}" if out else ""
+        if out and getattr(args, "resume_command", None):  # `score`: the same command, same folder
+            hint = f"; resume with: {args.resume_command}"
         with contextlib.suppress(OSError):
             print(f"{what}{hint}", file=sys.stderr)
         return 130

@@ -36,7 +36,14 @@ from typing import Any
 from gen3deval.errors import ConfigError
 from gen3deval.execute.registry import EXECUTORS
 from gen3deval.execute.result import Limits
-from gen3deval.metrics.base import IMAGE_KEYS, fscore_key, geometry_metric_names
+from gen3deval.metrics.base import (
+    ALL_IMAGE_KEYS,
+    IMAGE_KEYS,
+    MODEL_OF,
+    REFERENCE_FREE_KEYS,
+    fscore_key,
+    geometry_metric_names,
+)
 from gen3deval.metrics.base import UNAVAILABLE_METRICS as _UNAVAILABLE_METRICS
 
 # Metric lists derived from the metric registry (gen3deval.metrics.base, the single source of truth).
@@ -45,8 +52,13 @@ GEOMETRY_METRICS = geometry_metric_names()
 # The default protocol's: all but best_iou, the CAD protocol's own IoU (its own normalisation and
 # alignment), computed only where a protocol asks for it (the gencad preset).
 DEFAULT_GEOMETRY_METRICS = tuple(m for m in GEOMETRY_METRICS if m != "best_iou")
-# Model-free image metrics computed by gen3deval.metrics.image.image_metrics.
+# Model-free image metrics computed by gen3deval.metrics.image.image_metrics (every protocol's default).
 IMAGE_METRICS = IMAGE_KEYS
+# Every metric of candidate vs reference renders: the model-free ones, LPIPS and CLIP image similarity.
+ALL_IMAGE_METRICS = ALL_IMAGE_KEYS
+# Reference-free learned metrics (clip_score, clip_score_clamped, clip_image_to_3d): listed under `metrics`.
+REFERENCE_FREE_METRICS = REFERENCE_FREE_KEYS
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 # Metrics defined in PROTOCOLS.md whose implementation does not exist yet in this package: {key: why}.
 UNAVAILABLE_METRICS = dict(_UNAVAILABLE_METRICS)
 TASKS = ("mesh", "image-to-threejs", "image-to-cadquery", "text-to-3d")
@@ -68,15 +80,17 @@ class Protocol:
         samples, seed: surface points per mesh and the sampling seed (section 4).
         thresholds: F-score distances in normalised units (fractions of the unit side).
         iou_resolution: grid side of the volume-IoU fallback.
-        metrics: geometry metric names (``fscore`` expands to ``fscore@T`` per threshold) and model
-            metrics such as ``clip_score``.
-        image_metrics: image metric keys, computed between candidate and reference renders of ``rig``.
+        metrics: geometry metric names (``fscore`` expands to ``fscore@T`` per threshold) and the
+            reference-free learned metrics (``clip_score``, ``clip_score_clamped``, ``clip_image_to_3d``).
+        image_metrics: image metric keys, computed between candidate and reference renders of ``rig``
+            (model-free ones, and the learned ``lpips`` and ``clip_image_sim``).
         rig: camera rig of the candidate renders (and of the reference renders they are compared with).
         ref_rig: rig of the reference image rendered for cases that have no input image.
         render_size: square render size in pixels. material/background: section 6.
         language: program language asked of code systems (``threejs``/``cadquery``), if any.
         limits: sandbox limits of every executed program.
-        clip_model: CLIP model id for ``clip_score``.
+        clip_model: CLIP model (a Hugging Face id from the local cache, or a folder) of the CLIP metrics;
+            None means the default, ``openai/clip-vit-base-patch32``.
     """
 
     name: str
@@ -119,6 +133,19 @@ class Protocol:
         """Whether candidates (and references) are rendered with ``rig``."""
         return self.rig is not None
 
+    def learned(self) -> dict[str, str]:
+        """{metric key: model (``clip``/``lpips``)} of the learned metrics this protocol computes."""
+        keys = [*self.metrics, *self.image_metrics]
+        return {k: MODEL_OF[k] for k in keys if k in MODEL_OF}
+
+    def clip_model_id(self) -> str:
+        """The CLIP model of the CLIP metrics (``clip_model``, or the default)."""
+        return self.clip_model or DEFAULT_CLIP_MODEL
+
+    def reference_free(self) -> list[str]:
+        """The reference-free metric keys (scored for cases without a reference mesh too)."""
+        return [m for m in self.metrics if m in REFERENCE_FREE_METRICS]
+
     def unavailable(self) -> list[str]:
         """Reasons why some metric of this protocol cannot be computed by this version (empty when all can)."""
         return [UNAVAILABLE_METRICS[m] for m in self.metrics if m in UNAVAILABLE_METRICS]
@@ -149,13 +176,16 @@ def stable_hash(obj: Any, n: int = 16) -> str:
 PROTOCOLS: dict[str, Protocol] = {
     # Mesh vs mesh (image-to-3D, reconstruction): every geometry metric, renders with the `ref` view.
     "default": Protocol(name="default", version="2"),
-    # Code3DBench style: image -> Three.js program; scored as in the paper (CD, F@1/2/5, NC) + image metrics.
+    # Code3DBench style: image -> Three.js program; scored as in the paper (CD, F@1/2/5, NC) + image metrics
+    # (SSIM, MSE, ... and the learned LPIPS and CLIP image similarity). Version 3 added lpips, clip_image_sim.
     "code3d": Protocol(
         name="code3d",
-        version="2",
+        version="3",
         task="image-to-threejs",
         metrics=("chamfer_l2", "fscore", "normal_consistency"),
+        image_metrics=(*IMAGE_METRICS, "lpips", "clip_image_sim"),
         language="threejs",
+        clip_model=DEFAULT_CLIP_MODEL,
     ),
     # GenCAD-Code: image -> CadQuery; inertia normalisation, best IoU over proper PCA alignments, VSR in the report.
     "gencad": Protocol(
@@ -167,24 +197,26 @@ PROTOCOLS: dict[str, Protocol] = {
         image_metrics=(),
         language="cadquery",
     ),
-    # Your own photos -> 3D (an image suite: no reference meshes, nothing to measure against yet): the report
-    # shows each photo beside 8 TRELLIS views of every candidate, textured and grey, with job and mesh stats.
-    # The default protocol of a run whose suites are all image suites.
+    # Your own photos -> 3D (an image suite: no reference meshes): the report shows each photo beside 8 TRELLIS
+    # views of every candidate, textured and grey, with job and mesh stats, and clip_image_to_3d (the photo vs
+    # each view, the TRELLIS image-to-3D protocol) scores them. The default protocol of a run whose suites are
+    # all image suites. Version 3 added clip_image_to_3d.
     "photo3d": Protocol(
         name="photo3d",
-        version="2",
-        metrics=(),
+        version="3",
+        metrics=("clip_image_to_3d",),
         image_metrics=(),
         rig="trellis8",
+        clip_model=DEFAULT_CLIP_MODEL,
     ),
-    # Text -> 3D with the CLIP score over the 8 TRELLIS views (the clip metric is not implemented yet).
+    # Text -> 3D, the TRELLIS/Toys4k protocol: the CLIP score over the 8 TRELLIS views composited over white.
     "clip3d": Protocol(
         name="clip3d",
         task="text-to-3d",
         metrics=("clip_score",),
         image_metrics=(),
         rig="trellis8",
-        clip_model="openai/clip-vit-base-patch32",
+        clip_model=DEFAULT_CLIP_MODEL,
     ),
 }
 
@@ -286,13 +318,19 @@ def validate_protocol(p: Protocol, field_name: str = "protocol") -> None:
         raise bad("iou_resolution", f"expected 8..1024, got {p.iou_resolution}")
     if not 16 <= p.render_size <= 4096:
         raise bad("render_size", f"expected 16..4096 pixels, got {p.render_size}")
-    known = set(GEOMETRY_METRICS) | set(UNAVAILABLE_METRICS)
+    known = set(GEOMETRY_METRICS) | set(REFERENCE_FREE_METRICS) | set(UNAVAILABLE_METRICS)
     for m in p.metrics:
+        if m in ALL_IMAGE_METRICS:
+            raise bad(
+                "metrics", f"{m!r} compares candidate and reference renders: list it under image_metrics"
+            )
         if m not in known:
             raise bad("metrics", f"unknown metric {m!r}; known: {', '.join(sorted(known))}")
     for m in p.image_metrics:
-        if m not in IMAGE_METRICS:
-            raise bad("image_metrics", f"unknown image metric {m!r}; known: {', '.join(IMAGE_METRICS)}")
+        if m not in ALL_IMAGE_METRICS:
+            raise bad("image_metrics", f"unknown image metric {m!r}; known: {', '.join(ALL_IMAGE_METRICS)}")
+    if p.reference_free() and p.rig is None:
+        raise bad("rig", f"{', '.join(p.reference_free())} score(s) the candidate's renders: set a rig")
     for key in ("rig", "ref_rig"):
         value = getattr(p, key)
         if value is not None and not _RIG_RE.match(value):

@@ -91,10 +91,20 @@ def test_list_names_every_section(capsys: pytest.CaptureFixture[str]) -> None:
         "files",
         "code3d",
         "clip3d",
-        "not runnable yet",
+        "toys4k:",
     ):
         assert word in out, word
-    for word in ("chamfer_l2", "fscore@0.01", "volume_iou", "silhouette_iou", "trellis8", "turntable:N"):
+    for word in (
+        "chamfer_l2",
+        "fscore@0.01",
+        "volume_iou",
+        "silhouette_iou",
+        "trellis8",
+        "turntable:N",
+        "clip_score",
+        "lpips",
+        "model clip",
+    ):
         assert word in out, word
     assert main(["list", "rigs"]) == 0
     rigs = capsys.readouterr().out

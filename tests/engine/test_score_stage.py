@@ -9,7 +9,7 @@ import pytest
 
 from gen3deval.compare import compare
 from gen3deval.config import get_protocol
-from gen3deval.engine import stages
+from gen3deval.engine import scoring as stages
 from testdata import LOWPOLY, lowpoly_sample
 
 PROTOCOL = get_protocol(

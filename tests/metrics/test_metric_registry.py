@@ -27,7 +27,14 @@ ALL_KEYS = {
     "psnr",
     "ssim",
     "silhouette_iou",
+    "lpips",
+    "clip_image_sim",
+    "clip_score",
+    "clip_score_clamped",
+    "clip_image_to_3d",
 }
+LEARNED = {"lpips": "lpips", "clip_image_sim": "clip", "clip_score": "clip", "clip_score_clamped": "clip",
+           "clip_image_to_3d": "clip"}  # fmt: skip
 
 
 def test_every_key_is_registered_with_metadata():
@@ -36,15 +43,21 @@ def test_every_key_is_registered_with_metadata():
         spec = metric_info(key)
         assert isinstance(spec, MetricSpec) and spec.key == key == spec.name
         assert spec.display and spec.unit and spec.description
-        assert spec.inputs in (("points",), ("points", "normals"), ("mesh",), ("images",))
-        assert spec.available
+        assert spec.inputs in (
+            ("points",), ("points", "normals"), ("mesh",), ("images",), ("images", "text"), ("images", "input_image")
+        )  # fmt: skip
+        assert spec.available and spec.model == LEARNED.get(key)
+        assert spec.reference_free == (key in ("clip_score", "clip_score_clamped", "clip_image_to_3d"))
         d = spec.to_dict()
         assert set(d) >= {"higher_is_better", "unit", "display"}
-    lower = {"chamfer_l1", "chamfer_l2", "chamfer_l2_sum", "hausdorff", "mse"}
+    lower = {"chamfer_l1", "chamfer_l2", "chamfer_l2_sum", "hausdorff", "mse", "lpips"}
     for key in ALL_KEYS:
         assert metric_info(key).higher_is_better == (key not in lower), key
     assert metric_info("chamfer_l2").display == "CD x10^3" and metric_info("chamfer_l2").scale == 1000
     assert [metric_info(f"fscore@{t}").display for t in ("0.01", "0.02", "0.05")] == ["F@1", "F@2", "F@5"]
+    # Cosines are stored raw and shown x100 (the papers' numbers); a failure scores the worst cosine.
+    assert metric_info("clip_score").scale == 100 and metric_info("clip_score").worst == -1.0
+    assert metric_info("clip_score_clamped").worst == 0.0
 
 
 def test_generic_fscore_keys():

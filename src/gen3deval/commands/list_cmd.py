@@ -58,7 +58,8 @@ def _metrics() -> list[str]:
     for key in known_metric_keys():
         info = metric_info(key)
         arrow = "higher is better" if info.higher_is_better else "lower is better"
-        lines.append(f"  {key:<20} {info.display:<14} {arrow}; {info.description}")
+        model = f" [model {info.model}: needs the 'clip' extra]" if info.model else ""
+        lines.append(f"  {key:<20} {info.display:<14} {arrow}; {info.description}{model}")
     lines.append("  fscore@T             F@(100 T)      any threshold T > 0")
     for key, why in UNAVAILABLE_METRICS.items():
         lines.append(f"  {key:<20} (unavailable) {why}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gen3deval.config import RunSpec
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--suite",
         action="append",
         metavar="KIND:PATH",
-        help="suite to run (repeatable): quickstart, images:DIR, meshes:DIR, manifest:FILE, gencad:FILE",
+        help="suite to run (repeatable): quickstart, images:DIR, meshes:DIR, manifest:FILE, gencad:FILE, toys4k:DIR",
     )
     p.add_argument(
         "--system",
@@ -179,17 +179,29 @@ def resolve_spec(args: argparse.Namespace) -> RunSpec:
 
 
 def run(args: argparse.Namespace) -> int:
+    spec = resolve_spec(args)
+    args.resume_out = spec.out  # Ctrl-C / SIGTERM: cli.main prints `resume with: gen3deval run --out ...`
+    report, _engine, _rows = execute(
+        spec, quiet=args.quiet, retry_failed=bool(getattr(args, "retry_failed", False))
+    )
+    print(report)
+    return 0
+
+
+def execute(
+    spec: RunSpec, *, quiet: bool, retry_failed: bool = False
+) -> tuple[Path, Any, list[dict[str, Any]]]:
+    """Run (or resume) ``spec``: warnings and progress to stderr, the compact leaderboard to stdout; returns
+    (report.html, the engine, the result rows). The caller prints the report path (the last line)."""
     from gen3deval.engine.build import build_engine, spec_json
     from gen3deval.engine.progress import make_progress
     from gen3deval.engine.results import build_meta, build_rows, renderers_used
     from gen3deval.engine.store import Store
     from gen3deval.report import write_reports
 
-    spec = resolve_spec(args)
-    args.resume_out = spec.out  # Ctrl-C / SIGTERM: cli.main prints `resume with: gen3deval run --out ...`
-    progress = make_progress(args.quiet)
+    progress = make_progress(quiet)
     engine, suites = build_engine(
-        spec, progress=progress, retry_failed=bool(getattr(args, "retry_failed", False))
+        spec, progress=progress, retry_failed=retry_failed
     )  # loads the suites and checks the run: bad input fails here, before work
     for warning in engine.warnings:  # from the preflight: systems, references, outputs matching no case
         print(f"warning: {warning}", file=sys.stderr)
@@ -231,6 +243,5 @@ def run(args: argparse.Namespace) -> int:
     from gen3deval.report.jsonio import read_summary
     from gen3deval.report.terminal import leaderboard_lines
 
-    print("\n".join(leaderboard_lines(read_summary(report.parent))))  # the path stays the last line
-    print(report)
-    return 0
+    print("\n".join(leaderboard_lines(read_summary(report.parent))))
+    return report, engine, rows

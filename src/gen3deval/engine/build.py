@@ -29,21 +29,28 @@ def renderer_info(protocol: Protocol) -> dict[str, Any]:
 
 
 def protocol_fingerprint(
-    protocol: Protocol, renderer: dict[str, Any] | None = None, systems: dict[str, Any] | None = None
+    protocol: Protocol,
+    renderer: dict[str, Any] | None = None,
+    systems: dict[str, Any] | None = None,
+    models: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The fingerprint dict of a protocol (PROTOCOLS.md section 11) via :func:`gen3deval.protocol.fingerprint`:
     parameters, library versions, renderer, model ids, sandbox limits and isolation layers (a program that is
     stopped under ``GEN3DEVAL_SANDBOX=full`` may read files under ``basic``: such runs are not comparable).
     ``systems`` ({label: system object}): those that name models (``fingerprint_models()``: a model id and its
-    prompt template's version) add them under ``models``."""
+    prompt template's version) add them under ``models``. ``models``: the learned models' entries
+    (:func:`gen3deval.engine.learned.fingerprint_models`: id and weights hash, or unavailable); resolved here
+    when not given."""
     from dataclasses import asdict
 
     from gen3deval.execute.sandbox.policy import default_isolation
     from gen3deval.protocol import fingerprint
 
-    models: dict[str, Any] = (
-        {"clip": protocol.clip_model} if protocol.clip_model and "clip_score" in protocol.metrics else {}
-    )
+    if models is None:
+        from gen3deval.engine.learned import fingerprint_models, resolve_models
+
+        models = fingerprint_models(protocol, *resolve_models(protocol))
+    models = dict(models)
     for label, obj in (systems or {}).items():
         named = getattr(obj, "fingerprint_models", None)
         if named is not None:
@@ -115,12 +122,19 @@ def build_engine(
         for s in spec.systems
         if s.name in SYSTEMS
     }
+    from gen3deval.engine.learned import fingerprint_models, resolve_models
+
+    models, skipped = resolve_models(spec.protocol)
     engine = Engine(
         spec.out,
         entries,
         spec.systems,
         spec.protocol,
-        fingerprint=protocol_fingerprint(spec.protocol, systems=objects),
+        fingerprint=protocol_fingerprint(
+            spec.protocol, systems=objects, models=fingerprint_models(spec.protocol, models, skipped)
+        ),
+        models=models,
+        skipped_metrics=skipped,
         system_objects=objects,
         jobs=spec.jobs,
         retries=spec.retries,
@@ -128,6 +142,10 @@ def build_engine(
         retry_failed=retry_failed,
     )
     engine.warnings = preflight(engine)
+    # One line per skipped model (its metrics share the reason).
+    for why in dict.fromkeys(skipped.values()):
+        keys = ", ".join(k for k, w in skipped.items() if w == why)
+        engine.warnings.append(f"skipped {keys}: {why}")
     return engine, suites
 
 

@@ -8,7 +8,7 @@ and the result rows and progress counts (:mod:`~gen3deval.engine.results`) all r
         -> generate  (the system's candidate for this attempt)
         -> execute   (only when the candidate is a program)
         -> render    (only when the protocol has a rig)
-        -> score     (only when the case has a reference mesh)
+        -> score     (when the case has a reference mesh, or the protocol has reference-free metrics)
 
 A stage runs when every stage it ``requires`` succeeded and every other stage it ``reads`` has finished
 (``score`` reads the candidate's renders but is still scored on geometry when rendering failed). ``MESH`` names
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from gen3deval.config import Protocol
     from gen3deval.engine.store import StageRow
 
 REFERENCE, GENERATE, EXECUTE, RENDER, SCORE = "reference", "generate", "execute", "render", "score"
@@ -58,7 +59,13 @@ PIPELINE: tuple[StageDef, ...] = (
     StageDef(GENERATE, False, (REFERENCE,), (REFERENCE,), "always"),
     StageDef(EXECUTE, False, (GENERATE,), (GENERATE,), "the candidate is a program"),
     StageDef(RENDER, False, (MESH,), (MESH,), "the protocol renders (has a rig)"),
-    StageDef(SCORE, False, (MESH, RENDER, REFERENCE), (MESH, REFERENCE), "the case has a reference mesh"),
+    StageDef(
+        SCORE,
+        False,
+        (MESH, RENDER, REFERENCE),
+        (MESH, REFERENCE),
+        "the case has a reference mesh, or the protocol has reference-free metrics (clip_score, ...)",
+    ),
 )
 STAGES: tuple[str, ...] = tuple(s.name for s in PIPELINE)
 BY_NAME: dict[str, StageDef] = {s.name: s for s in PIPELINE}
@@ -85,11 +92,24 @@ class Context:
     ``renders``: the protocol renders. ``program``: the system is expected to return a program (its
     ``output``), an estimate used only before its ``generate`` row exists; None when unknown (``any``).
     ``revises``: attempt i+1 of the system reads attempt i (see :data:`FEEDBACK`).
+    ``reference_free``: the protocol has metrics scored without a reference mesh (from the case's caption or
+    input image), so cases without one are scored too.
     """
 
     renders: bool
     program: bool | None = None
     revises: bool = False
+    reference_free: bool = False
+
+    @staticmethod
+    def of(protocol: Protocol, program: bool | None = None, revises: bool = False) -> Context:
+        """The context of a pipeline under ``protocol``."""
+        return Context(
+            renders=protocol.renders,
+            program=program,
+            revises=revises,
+            reference_free=bool(protocol.reference_free()),
+        )
 
 
 def has_reference(ref: StageRow | None) -> bool:
@@ -107,7 +127,7 @@ def applies(stage: str, rows: Mapping[str, StageRow], ctx: Context) -> bool:
         return ctx.renders
     if stage == SCORE:
         ref = rows.get(REFERENCE)
-        return ref is None or has_reference(ref)
+        return ref is None or has_reference(ref) or (ctx.reference_free and ref.ok)
     return True
 
 

@@ -64,6 +64,8 @@ def build_meta(store: Store, protocol: Protocol | None = None) -> dict[str, Any]
         "protocol": store.get_meta("protocol"),
         "n_cases": len(cases),
         "metrics": metrics_meta(proto.metric_keys()),
+        # Learned metrics whose model was not available at the last run ({key: how to provide it}).
+        "skipped_metrics": store.get_meta("skipped_metrics", {}) or {},
         **extra,
     }
 
@@ -92,7 +94,7 @@ def _contexts(store: Store, protocol: Protocol) -> dict[str, pl.Context]:
     for s in spec.get("systems", []):
         output = SYSTEMS.get(s["name"]).output if s.get("name") in SYSTEMS else "any"
         program = True if output == "program" else False if output == "mesh" else None
-        out[s["label"]] = pl.Context(renders=protocol.renders, program=program)
+        out[s["label"]] = pl.Context.of(protocol, program=program)
     return out
 
 
@@ -111,7 +113,8 @@ def assemble_row(
 ) -> dict[str, Any] | None:
     """The result row of one pipeline ({stage: row}, the reference included), or None while it is
     unfinished (a stage that applies has no row yet)."""
-    state = pl.states(stages, pl.Context(renders=protocol.renders))
+    ctx = pl.Context.of(protocol)
+    state = pl.states(stages, ctx)
     if not pl.finished(state):
         return None
     ref = stages[pl.REFERENCE]
@@ -153,7 +156,7 @@ def assemble_row(
         row["remote"] = gen.value["remote"]  # a hosted API's job: times, retries, cost (failed jobs too)
     if not gen.ok:
         return fail(gen)
-    mesh_row = stages[pl.mesh_stage(stages, pl.Context(renders=protocol.renders))]
+    mesh_row = stages[pl.mesh_stage(stages, ctx)]
     if not mesh_row.ok:
         return fail(mesh_row)
     row["artifacts"]["mesh"] = mesh_row.artifacts.get("mesh")
@@ -173,7 +176,7 @@ def assemble_row(
             row["error"] = f"render failed: {rn.error}"
     if ref.value.get("render_error") and row["error"] is None:
         row["error"] = f"reference render failed (no image metrics): {ref.value['render_error']}"
-    if not has_ref:
+    if state[pl.SCORE] == pl.NA:
         return row
     sc = stages[pl.SCORE]
     if not sc.ok:
@@ -251,7 +254,7 @@ def stage_progress(store: Store) -> dict[tuple[str, str], dict[str, int]]:
         ref = rows.get((case, REFERENCE_SYSTEM, 1, pl.REFERENCE))
         count(pl.REFERENCE, REFERENCE_SYSTEM, pl.READY if ref is None else (pl.DONE if ref.ok else pl.FAILED))
         for system in systems:
-            ctx = contexts.get(system, pl.Context(renders=protocol.renders))
+            ctx = contexts.get(system, pl.Context.of(protocol))
             for attempt in range(1, int(attempts.get(system, {}).get(case, 1)) + 1):
                 state = pl.states(_pipeline_rows(rows, case, system, attempt), ctx)
                 for stage in pl.PIPELINE_STAGES:

@@ -39,14 +39,16 @@ from typing import Any
 
 from gen3deval.config import Protocol, SystemSpec, stable_hash
 from gen3deval.engine import pipeline as pl
-from gen3deval.engine.artifacts import ArtifactStore, content_digest
+from gen3deval.engine.artifacts import ArtifactStore
+from gen3deval.engine.batching import ScoreQueue
 from gen3deval.engine.pipeline import row_digest
 from gen3deval.engine.progress import NullProgress
 from gen3deval.engine.remote_dispatch import RemoteDispatch
 from gen3deval.engine.run_meta import write_run_meta
+from gen3deval.engine.stage_inputs import StageInputs, case_fingerprint
 from gen3deval.engine.stages import UNEXPECTED_ERROR_CLASS, StageResult
 from gen3deval.engine.store import REFERENCE_SYSTEM, StageRow, Store
-from gen3deval.engine.workers import LOCK_NAME, RunLock, hidden_env, make_executor, work
+from gen3deval.engine.workers import LOCK_NAME, RunLock, hidden_env, make_executor, work_batch
 from gen3deval.errors import ConfigError, DependencyError
 from gen3deval.suites.base import Case
 
@@ -107,17 +109,15 @@ class RunResult:
     pending: int = 0
 
 
+# Score stages per worker call when CLIP scores them: 8 assets x 8 views = 64 images per forward pass.
+SCORE_BATCH = 8
+
+
 def _label(case: str, system: str, attempt: int) -> str:
     return f"{case} {system}".strip() + (f" #{attempt}" if attempt != 1 else "")
 
 
-def case_fingerprint(case: Case) -> str:
-    d = dataclasses.asdict(case)
-    d["meta"] = {"up": (case.meta or {}).get("up", "y")}
-    return stable_hash(d)
-
-
-class Engine(RemoteDispatch):
+class Engine(RemoteDispatch, StageInputs):
     """Runs the pipelines of ``cases`` x ``systems`` x attempts into ``run_dir`` under ``protocol``.
 
     Args:
@@ -136,6 +136,11 @@ class Engine(RemoteDispatch):
         inline: run the stages in this process, one at a time (tests, benchmarks). Otherwise they run in
             ``jobs`` worker processes even for ``jobs=1``, so a native crash in a stage (a segfault in a
             geometry library) fails that stage instead of killing the run.
+        score_batch: score stages per worker call when CLIP scores them (one forward pass for the images
+            of ``score_batch`` assets, see :mod:`gen3deval.engine.batching`); 1 = one at a time.
+        models / skipped_metrics: the learned models found ({model: {"id", "path", "weights_sha256"}}) and
+            the learned metrics skipped ({key: why}), see :mod:`gen3deval.engine.learned`; resolved here
+            when not given.
     """
 
     def __init__(
@@ -154,6 +159,9 @@ class Engine(RemoteDispatch):
         needs_reference: dict[str, bool] | None = None,
         system_objects: dict[str, Any] | None = None,
         inline: bool = False,
+        models: dict[str, dict[str, Any]] | None = None,
+        skipped_metrics: dict[str, str] | None = None,
+        score_batch: int = SCORE_BATCH,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.inline = inline
@@ -163,6 +171,14 @@ class Engine(RemoteDispatch):
         self.cases = cases
         self.systems = list(systems)
         self.protocol = protocol
+        if models is None or skipped_metrics is None:
+            from gen3deval.engine.learned import resolve_models
+
+            models, skipped_metrics = resolve_models(protocol)
+        self.models = models
+        self.skipped_metrics = skipped_metrics
+        clip_scored = "clip" in models and any(m == "clip" for m in protocol.learned().values())
+        self.score_batch = max(1, int(score_batch)) if clip_scored else 1
         self.params = protocol.params()
         self.params_hash = protocol.params_hash()
         self.fingerprint = fingerprint
@@ -196,7 +212,7 @@ class Engine(RemoteDispatch):
             output = getattr(obj, "output", "any")
             program = True if output == "program" else False if output == "mesh" else None
             revises = bool(getattr(obj, "revises", False))
-            self._ctx[s.label] = pl.Context(renders=protocol.renders, program=program, revises=revises)
+            self._ctx[s.label] = pl.Context.of(protocol, program=program, revises=revises)
         self._case_index = {c.key: i for i, c in enumerate(cases)}
         # Computed once: every stage of a case hands its dict to a worker and hashes it into its inputs.
         self._case_dict = {c.key: dataclasses.asdict(c.case) for c in cases}
@@ -242,26 +258,7 @@ class Engine(RemoteDispatch):
             self._attempts = out
         return self._attempts
 
-    def _input_fingerprint(self, case: str, system: str, attempt: int) -> str:
-        obj = self.objects.get(system)
-        if obj is None:
-            return ""
-        try:
-            return str(obj.input_fingerprint(self._case_by_key[case].case, attempt))
-        except Exception as exc:  # an unreadable file: generate runs (again) and reports it
-            return f"error:{type(exc).__name__}:{exc}"
-
-    def _reference_files(self, case: Case) -> str:
-        """Digest of the content of the files the reference stage reads (reference mesh, input image)."""
-        return stable_hash([content_digest(p) if p else "-" for p in (case.ref_mesh, case.image)])
-
     # -- planning --------------------------------------------------------------------------------
-    def _hash(self, *parts: Any) -> str:
-        return stable_hash([self.params_hash, *parts])
-
-    def _abs(self, rel: str | None) -> str | None:
-        return str(self.run_dir / rel) if rel else None
-
     def _stored(self, stage: str, case: str, system: str, attempt: int, input_hash: str) -> StageRow | None:
         """The stored row of a stage when it is finished for this key (a failed one unless retry_failed)."""
         row = self.rows.get((case, system, attempt, stage))
@@ -289,7 +286,11 @@ class Engine(RemoteDispatch):
         if stage == pl.GENERATE and system in self._remote and "fetched" not in kwargs:
             self._remote_pending.append(_Task(prio, stage, case, system, attempt, input_hash, kwargs))
             return None
-        heapq.heappush(self.ready, _Task(prio, stage, case, system, attempt, input_hash, kwargs))
+        task = _Task(prio, stage, case, system, attempt, input_hash, kwargs)
+        if stage == pl.SCORE and self._batched is not None:
+            self._batched.offer(task)
+        else:
+            heapq.heappush(self.ready, task)
         return None
 
     def _plan(self) -> dict[str, int]:
@@ -314,7 +315,9 @@ class Engine(RemoteDispatch):
 
     def _start_case(self, entry: CaseEntry) -> None:
         kwargs = {"case": self._case_dict[entry.key], "protocol": self.params}
-        ih = self._hash(pl.REFERENCE, self._case_fp[entry.key], self._reference_files(entry.case))
+        ih = self._hash(
+            pl.REFERENCE, case_fingerprint(entry.case, text=False), self._reference_files(entry.case)
+        )
         row = self._offer(pl.REFERENCE, entry.key, REFERENCE_SYSTEM, 1, ih, kwargs)
         if row is not None:
             self._finished(pl.REFERENCE, entry.key, REFERENCE_SYSTEM, 1, row)
@@ -388,77 +391,6 @@ class Engine(RemoteDispatch):
     def _previous_ready(self, pipe: _Pipe) -> bool:
         view = self._previous_view(pipe)
         return view is None or pl.feedback_ready(view, self._ctx[pipe.system])
-
-    def _feedback(self, view: dict[str, StageRow]) -> dict[str, Any]:
-        """What attempt i+1 is told about attempt i: its program (or answer), whether and how it ran, its
-        first render (the protocol's rig: ``ref`` for code3d/gencad, the view of the reference image)."""
-        gen = view.get(pl.GENERATE)
-        ex = view.get(pl.EXECUTE)
-        rn = view.get(pl.RENDER)
-        failed = next((r for r in (gen, ex) if r is not None and not r.ok), None)
-        renders = rn.artifacts.get("renders") if rn is not None and rn.ok else None
-        return {
-            "program": self._abs(gen.artifacts.get("program")) if gen is not None else None,
-            "answer": self._abs(gen.artifacts.get("answer")) if gen is not None else None,
-            "executable": failed is None and ex is not None and ex.ok,
-            "error_class": failed.error_class if failed is not None else None,
-            "error": failed.error if failed is not None else None,
-            "render": self._abs(renders[0]) if renders else None,
-        }
-
-    def _inputs(
-        self, stage: str, pipe: _Pipe, view: dict[str, StageRow], ctx: pl.Context
-    ) -> tuple[dict[str, Any], str]:
-        """(kwargs, key) of a pipeline stage; the key chains the digests of the rows it reads."""
-        digests = [row_digest(r) for r in pl.inputs(stage, view, ctx)]
-        kwargs: dict[str, Any]
-        ref = view[pl.REFERENCE]
-        case, system = pipe.case, pipe.system
-        if stage == pl.GENERATE:
-            fp = self._input_fingerprint(case, system, pipe.attempt)
-            # Attempt 1 of a system reading no outside files keeps the key of earlier versions.
-            extra = [] if pipe.attempt == 1 and not fp else [pipe.attempt, fp]
-            kwargs = {
-                "case": self._case_dict[case],
-                "system": self._sys_dict[system],
-                "reference_mesh": self._abs(ref.artifacts.get("mesh")) if self._needs_ref[system] else None,
-                "ref_image": self._abs(ref.artifacts.get("image")),
-                "attempt": pipe.attempt,
-            }
-            prev = self._previous_view(pipe)
-            if prev is not None:
-                # A revision reads the attempt it revises: its rows are part of its key.
-                kwargs["previous"] = self._feedback(prev)
-                extra += ["previous", *(row_digest(prev.get(name)) for name in pl.FEEDBACK)]
-            return kwargs, self._hash(stage, self._case_fp[case], self._sys_key[system], *extra, *digests)
-        if stage == pl.EXECUTE:
-            gen = view[pl.GENERATE]
-            kwargs = {
-                "program": self._abs(gen.artifacts["program"]),
-                "language": gen.value.get("language", "threejs"),
-                "limits": self.params["limits"],
-            }
-            return kwargs, self._hash(stage, *digests)
-        mesh_row = view[pl.mesh_stage(view, ctx)]
-        if stage == pl.RENDER:
-            # Without a reference (image suites) the renders are what a reader judges: grey views show the
-            # shape apart from its texture.
-            grey = not pl.has_reference(ref) and self.params.get("material") != "grey"
-            kwargs = {"mesh": self._abs(mesh_row.artifacts["mesh"]), "protocol": self.params}
-            if grey:
-                kwargs["grey"] = True
-            return kwargs, self._hash(stage, *digests, *(["grey"] if grey else []))
-        assert stage == pl.SCORE, stage
-        render = view.get(pl.RENDER)
-        renders = render.artifacts.get("renders") if render is not None and render.ok else None
-        kwargs = {
-            "candidate_mesh": self._abs(mesh_row.artifacts["mesh"]),
-            "reference_mesh": self._abs(ref.artifacts["mesh"]),
-            "candidate_renders": [self._abs(p) for p in renders] if renders else None,
-            "reference_renders": [self._abs(p) for p in ref.artifacts.get("renders", [])] or None,
-            "protocol": self.params,
-        }
-        return kwargs, self._hash(stage, *digests)
 
     # -- committing ------------------------------------------------------------------------------
     def _commit(
@@ -537,6 +469,7 @@ class Engine(RemoteDispatch):
                         spec=spec or {},
                         log=self.progress.log,
                     )
+                    store.set_meta("skipped_metrics", self.skipped_metrics)
                 store.begin_session(stable_hash(spec or {}))
                 result = self._loop(store, tmp)
                 store.end_session()
@@ -548,6 +481,8 @@ class Engine(RemoteDispatch):
     def _loop(self, store: Store, tmp: Path) -> RunResult:
         self.rows: dict[tuple[str, str, int, str], StageRow] = store.all()
         self.ready: list[_Task] = []
+        # Score stages wait for a batch when a learned model scores them (see engine.batching).
+        self._batched = ScoreQueue(self.score_batch) if self.score_batch > 1 else None
         self._remote_pending: list[_Task] = []
         self._seq = itertools.count()
         self._scratch: list[Path] = []
@@ -561,36 +496,47 @@ class Engine(RemoteDispatch):
         for entry in self.cases:
             self._start_case(entry)
         executor = self._make_executor()
-        inflight: dict[Future[Any], tuple[_Task, Path]] = {}
+        inflight: dict[Future[Any], list[tuple[_Task, Path]]] = {}
         max_inflight = 1 if self.inline else 2 * self.jobs
         solo = False  # a stage whose worker died runs alone next time, so a second death is its own
         try:
-            while self.ready or inflight or self._remote_pending or remote_inflight:
+            batched = self._batched
+            while self.ready or batched or inflight or self._remote_pending or remote_inflight:
                 if remote is not None:
                     self._start_remote(remote, remote_inflight, tmp)
-                while self.ready and len(inflight) < max_inflight and not solo:
-                    if self.ready[0].crashes:
-                        if inflight:
-                            break  # let the pool drain first
-                        solo = True
-                    task = heapq.heappop(self.ready)
-                    workdir = task.workdir or (
-                        self._scratch.pop() if self._scratch else tmp / f"w{next(self._seq)}"
-                    )
-                    try:
-                        fut = executor.submit(
-                            work, task.stage, task.kwargs, str(workdir), self.retries, self.functions
+                while (self.ready or batched) and len(inflight) < max_inflight and not solo:
+                    # A free worker never idles: a short batch goes when no other stage is ready.
+                    group = batched.take(other_work=bool(self.ready)) if batched else []
+                    if not group:
+                        if not self.ready:
+                            break  # a score batch is filling up while other stages run
+                        if self.ready[0].crashes:
+                            if inflight:
+                                break  # let the pool drain first
+                            solo = True
+                        group = [heapq.heappop(self.ready)]
+                    pairs = [
+                        (
+                            t,
+                            t.workdir
+                            or (self._scratch.pop() if self._scratch else tmp / f"w{next(self._seq)}"),
                         )
+                        for t in group
+                    ]
+                    items = [(t.stage, t.kwargs, str(wd)) for t, wd in pairs]
+                    try:
+                        fut = executor.submit(work_batch, items, self.retries, self.functions)
                     except BrokenProcessPool:
-                        # A worker died after the last wait: this task never ran. The futures in flight
+                        # A worker died after the last wait: these tasks never ran. The futures in flight
                         # report the death below; with none in flight, a fresh pool is all it takes.
-                        heapq.heappush(self.ready, task)
-                        self._scratch.append(workdir)
+                        for t, wd in pairs:
+                            heapq.heappush(self.ready, t)
+                            self._scratch.append(wd)
                         if not inflight:
                             executor.shutdown(wait=False, cancel_futures=True)
                             executor = self._make_executor()
                         break
-                    inflight[fut] = (task, workdir)
+                    inflight[fut] = pairs
                 bell = [remote.bell] if remote is not None else []
                 # Hosted jobs take minutes to hours: while some wait on a server, a line every HEARTBEAT_S.
                 timeout = HEARTBEAT_S if remote_inflight else None
@@ -612,22 +558,26 @@ class Engine(RemoteDispatch):
                         continue
                     if fut not in inflight:
                         continue  # the bell
-                    task, workdir = inflight.pop(fut)
+                    pairs = inflight.pop(fut)
                     try:
-                        result, started, finished, _tries = fut.result()
+                        outcomes = fut.result()
                     except BrokenProcessPool:
-                        lost.append(task)
+                        lost += [task for task, _wd in pairs]
                         continue
                     except DependencyError:
                         raise  # a runtime went missing mid-run: stop (committed rows are kept), never a case failure
-                    except Exception as exc:  # pickling errors and the like: a failed stage, not a dead run
-                        result = StageResult.fail("runtime", f"engine: {type(exc).__name__}: {exc}")
-                        started = finished = time.time()
-                    finished_now.append((task, workdir, result, started, finished))
+                    except Exception as exc:  # pickling errors and the like: failed stages, not a dead run
+                        now = time.time()
+                        broken = StageResult.fail("runtime", f"engine: {type(exc).__name__}: {exc}")
+                        outcomes = [(broken, now, now, 1)] * len(pairs)
+                    for (task, workdir), (result, started, finished, _tries) in zip(
+                        pairs, outcomes, strict=True
+                    ):
+                        finished_now.append((task, workdir, result, started, finished))
                 if lost:
                     # A worker died (native crash, OOM kill): every stage in flight is lost. Start a new pool
                     # and rerun each lost stage alone; one that kills its worker alone too is failed.
-                    lost += [task for task, _wd in inflight.values()]
+                    lost += [task for pairs in inflight.values() for task, _wd in pairs]
                     inflight.clear()
                     executor.shutdown(wait=False, cancel_futures=True)
                     executor = self._make_executor()

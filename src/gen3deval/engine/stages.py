@@ -14,9 +14,8 @@ Stages and their outputs (``files`` names -> artifact names in the store):
   (1-based): a mesh file (validated, kept as GLB: ``mesh``) or a program (``program``).
 - ``execute(program, language, limits)``: run a program in the sandbox -> ``mesh`` (programs only).
 - ``render(mesh, protocol)``: candidate views with the protocol's rig (``renders``).
-- ``score(candidate_mesh, reference_mesh, candidate_renders, reference_renders, protocol)``: the metrics.
-  The reference's loaded mesh and surface samples are cached per worker process (a few entries, keyed by
-  the artifact path, which is its content hash): a case's systems and attempts share them.
+- ``score(candidate_mesh, reference_mesh, candidate_renders, reference_renders, protocol, ...)``: the metrics
+  (:mod:`gen3deval.engine.scoring`).
 
 Failures are values too: ``StageResult(status="failed", error_class=..., error=...)``.
 """
@@ -24,11 +23,9 @@ Failures are values too: ``StageResult(status="failed", error_class=..., error=.
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import time
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,13 +150,14 @@ def write_views_png(views: list[Any], workdir: Path, prefix: str) -> list[str]:
         a = np.clip(np.rint(np.asarray(v.alpha, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
         rgba = np.dstack([np.asarray(v.rgb, dtype=np.uint8), a])
         p = workdir / f"{prefix}_{i:02d}.png"
-        Image.fromarray(rgba, mode="RGBA").save(p, optimize=False, compress_level=6)
+        # Level 1: half the encode time of level 6 for ~30% larger files (renders are written once per view).
+        Image.fromarray(rgba, mode="RGBA").save(p, optimize=False, compress_level=1)
         paths.append(str(p))
     return paths
 
 
 def read_views_png(paths: list[str], rig_name: str, size: int, background: str) -> list[Any]:
-    """Views back from :func:`write_views_png` (depth and normals are not stored: inf and zero)."""
+    """Views back from :func:`write_views_png` (depth and normals are not stored: None)."""
     from PIL import Image
 
     from gen3deval.render import rig
@@ -171,13 +169,12 @@ def read_views_png(paths: list[str], rig_name: str, size: int, background: str) 
     views = []
     for cam, p in zip(cams, paths, strict=True):
         rgba = np.asarray(Image.open(p).convert("RGBA"))
-        h, w = rgba.shape[:2]
         views.append(
             View(
                 rgb=np.ascontiguousarray(rgba[:, :, :3]),
                 alpha=rgba[:, :, 3].astype(np.float32) / 255.0,
-                depth=np.full((h, w), np.inf, dtype=np.float32),
-                normals=np.zeros((h, w, 3), dtype=np.float32),
+                depth=None,
+                normals=None,
                 camera=cam,
                 background=background,
             )
@@ -192,7 +189,12 @@ def render_views(mesh: Any, protocol: dict[str, Any], rig_name: str) -> list[Any
     cams = rig(rig_name, int(protocol["render_size"]))
     return list(
         renderer.render(
-            mesh, cams, material=protocol["material"], background=protocol["background"], normalize=True
+            mesh,
+            cams,
+            material=protocol["material"],
+            background=protocol["background"],
+            normalize=True,
+            passes="color",  # stages keep RGB + alpha only: no float32 depth/normal pass
         )
     )
 
@@ -246,7 +248,8 @@ def stage_reference(case: dict[str, Any], protocol: dict[str, Any], workdir: Pat
         try:
             if protocol.get("rig") or c.image is None:
                 value["renderer"] = renderer_description(int(protocol["render_size"]))
-            if protocol.get("rig"):
+            # The rig's views of the reference are read only by the image metrics (candidate vs reference).
+            if protocol.get("rig") and protocol.get("image_metrics"):
                 views = render_views(mesh, protocol, protocol["rig"])
                 files["renders"] = write_views_png(views, workdir, "ref")
             if c.image is None:
@@ -408,88 +411,11 @@ def stage_render(mesh: str, protocol: dict[str, Any], workdir: Path, grey: bool 
     return StageResult(value=value, files=files)
 
 
-# Prepared references of this process: {(artifact path, normalize, samples, seed): PreparedReference}.
-_REFERENCES: OrderedDict[tuple[str, str, int, int], Any] = OrderedDict()
-REFERENCE_CACHE_SIZE = 4
+def stage_score(*args: Any, **kwargs: Any) -> StageResult:
+    """The score stage (:func:`gen3deval.engine.scoring.stage_score`)."""
+    from gen3deval.engine.scoring import stage_score as score
 
-
-def prepared_reference(path: str, protocol: dict[str, Any]) -> Any:
-    """The reference of the score stage, loaded and sampled once per worker process.
-
-    A :class:`~gen3deval.compare.PreparedReference` (mesh, normalised mesh, surface samples). An artifact
-    path names its content, so the path is the cache key; the stages of a case run close together, so a
-    small LRU holds every system's and attempt's reference.
-    """
-    from gen3deval.compare import prepare_reference
-
-    key = (path, str(protocol["normalize"]), int(protocol["samples"]), int(protocol["seed"]))
-    hit = _REFERENCES.get(key)
-    if hit is not None:
-        _REFERENCES.move_to_end(key)
-        return hit
-    ref = prepare_reference(path, normalize=key[1], samples=key[2], seed=key[3])
-    _REFERENCES[key] = ref
-    while len(_REFERENCES) > REFERENCE_CACHE_SIZE:
-        _REFERENCES.popitem(last=False)
-    return ref
-
-
-def stage_score(
-    candidate_mesh: str,
-    reference_mesh: str,
-    candidate_renders: list[str] | None,
-    reference_renders: list[str] | None,
-    protocol: dict[str, Any],
-    workdir: Path,
-) -> StageResult:
-    """Geometry metrics (gen3deval.compare) and image metrics of the stored renders."""
-    from gen3deval.compare import compare
-    from gen3deval.config import protocol_from_params
-    from gen3deval.mesh.io import load_mesh
-
-    geometry = protocol_from_params(protocol).geometry_keys()
-    value: dict[str, Any] = {}
-    if geometry:
-        cand = load_mesh(candidate_mesh)
-        scores = compare(
-            cand,
-            prepared_reference(reference_mesh, protocol),
-            normalize=protocol["normalize"],
-            align=protocol["align"],
-            samples=int(protocol["samples"]),
-            seed=int(protocol["seed"]),
-            metrics=geometry,
-            thresholds=list(protocol["thresholds"]),
-            iou_resolution=int(protocol["iou_resolution"]),
-        )
-        value.update(scores)
-    if protocol["image_metrics"] and candidate_renders and reference_renders:
-        from gen3deval.metrics.image import image_metrics
-
-        va = read_views_png(
-            candidate_renders, protocol["rig"], int(protocol["render_size"]), protocol["background"]
-        )
-        vb = read_views_png(
-            reference_renders, protocol["rig"], int(protocol["render_size"]), protocol["background"]
-        )
-        im = image_metrics(va, vb)
-        value.update({k: im.get(k) for k in protocol["image_metrics"]})
-    return StageResult(value=_jsonable(value))
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, np.ndarray):
-            v = v.tolist()
-        if isinstance(v, float) and math.isnan(v):
-            v = None
-        if isinstance(v, dict):
-            v = _jsonable(v)
-        out[k] = v
-    return out
+    return score(*args, **kwargs)
 
 
 STAGE_FUNCTIONS: dict[str, Callable[..., StageResult]] = {

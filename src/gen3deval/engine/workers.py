@@ -41,14 +41,18 @@ def _worker_init(parent: int, threads: int, render_backend: str) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
-def work(
-    stage: str,
-    kwargs: dict[str, Any],
-    workdir: str,
+def work_batch(
+    items: list[tuple[str, dict[str, Any], str]],
     retries: int,
     functions: dict[str, Callable[..., StageResult]] | None,
-) -> tuple[StageResult, float, float, int]:
-    return run_stage(stage, kwargs, workdir, retries=retries, functions=functions)
+) -> list[tuple[StageResult, float, float, int]]:
+    """Run stages ``(stage, kwargs, workdir)`` one after another in this worker; several score stages first
+    have the images of all of them embedded in one CLIP call (see :mod:`gen3deval.engine.batching`)."""
+    if len(items) > 1 and functions is None and all(stage == "score" for stage, _, _ in items):
+        from gen3deval.engine.scoring import prefetch_learned
+
+        prefetch_learned([kwargs for _, kwargs, _ in items])
+    return [run_stage(stage, kwargs, wd, retries=retries, functions=functions) for stage, kwargs, wd in items]
 
 
 class _InlineExecutor:

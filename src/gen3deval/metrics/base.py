@@ -6,7 +6,14 @@ follows ``inputs``:
 - ``("points", "normals")``: ``fn(a_pts, a_nrm, b_pts, b_nrm) -> float`` on surface samples
   (a = candidate, b = reference; see :mod:`gen3deval.metrics.geometry`),
 - ``("mesh",)``: ``fn(a_mesh, b_mesh, resolution=128) -> float`` (see :mod:`gen3deval.metrics.volume`),
-- ``("images",)``: ``fn(views_a, views_b) -> float``, the mean over views (see :mod:`gen3deval.metrics.image`).
+- ``("images",)``: ``fn(views_a, views_b) -> float``, the mean over views (see :mod:`gen3deval.metrics.image`;
+  ``lpips`` and ``clip_image_sim`` are learned: :mod:`gen3deval.metrics.lpips`, :mod:`gen3deval.metrics.clip`),
+- ``("images", "text")``: ``fn(views, text) -> float`` (``clip_score``: renders vs the case's caption),
+- ``("images", "input_image")``: ``fn(image, views) -> float`` (``clip_image_to_3d``: the case's input image vs
+  the candidate's renders).
+
+Metrics with a ``model`` (``clip``, ``lpips``) need the ``clip`` extra (torch, transformers) and weights; the
+engine checks that they load before a run and reports a metric it cannot compute as skipped.
 
 Batch APIs (``geometry_metrics``, ``image_metrics``, :func:`gen3deval.compare.compare`) compute many keys at
 once and are what pipelines use. ``fscore@T`` exists for any T > 0: :func:`metric_info` parses it.
@@ -50,6 +57,7 @@ class MetricSpec:
             value can never look better than the valid-only one.
         available: False for metrics PROTOCOLS.md defines that this version cannot compute yet
             (``unavailable`` then says why; ``fn`` is None).
+        model: the learned model the metric runs (``"clip"``, ``"lpips"``), None for model-free metrics.
     """
 
     key: str
@@ -64,6 +72,12 @@ class MetricSpec:
     worst: float = 0.0
     available: bool = True
     unavailable: str = ""
+    model: str | None = None
+
+    @property
+    def reference_free(self) -> bool:
+        """Computed from the candidate and the case's own inputs (caption, input image): no reference mesh."""
+        return len(self.inputs) > 1 and self.inputs[0] == "images"
 
     @property
     def name(self) -> str:
@@ -94,6 +108,7 @@ class MetricSpec:
             # JSON has no infinity: None stands for +inf (the worst of the lower-is-better distances)
             "worst": self.worst if math.isfinite(self.worst) else None,
             "available": self.available,
+            "model": self.model,
             "inputs": list(self.inputs),
             "description": self.description,
         }
@@ -104,6 +119,7 @@ METRICS: Registry[MetricSpec] = Registry("metric")
 _G = "gen3deval.metrics.geometry"
 _V = "gen3deval.metrics.volume"
 _I = "gen3deval.metrics.image"
+_C = "gen3deval.metrics.clip"
 _PTS = ("points",)
 _PTS_N = ("points", "normals")
 _IMG = ("images",)
@@ -189,22 +205,27 @@ _SPECS: tuple[MetricSpec, ...] = (
                1.0, "mean", -1.0),
     MetricSpec("silhouette_iou", f"{_I}:views_silhouette_iou", True, "fraction", _IMG,
                "IoU of the alpha > 0.5 masks, mean over views", "Sil. IoU", 1.0, "mean", 0.0),
+    # Learned metrics (PROTOCOLS.md sections 7-8): raw cosines in [-1, 1], shown x100 like the papers.
+    MetricSpec("lpips", "gen3deval.metrics.lpips:views_lpips", False, "distance", _IMG,
+               "LPIPS v0.1 AlexNet, inputs scaled to [-1, 1], mean over views", "LPIPS", 1.0, "mean", 1.0,
+               model="lpips"),
+    MetricSpec("clip_image_sim", f"{_C}:clip_image_sim", True, "cosine", _IMG,
+               "cos of the CLIP image embeddings of candidate and reference renders (same view), mean over views",
+               "CLIP-I x100", 100.0, "mean", -1.0, model="clip"),
+    MetricSpec("clip_score", f"{_C}:clip_score", True, "cosine", ("images", "text"),
+               "cos(CLIP image, CLIP text) of the trellis8 renders composited over white and the caption "
+               "(77 tokens), mean over views; no clamp, no logit scale (PROTOCOLS.md section 8)",
+               "CLIP x100", 100.0, "mean", -1.0, model="clip"),
+    MetricSpec("clip_score_clamped", f"{_C}:clip_score_clamped", True, "cosine", ("images", "text"),
+               "max(cos, 0) per view, mean over views; x100 is torchmetrics' CLIPScore", "CLIP+ x100", 100.0,
+               "mean", 0.0, model="clip"),
+    MetricSpec("clip_image_to_3d", f"{_C}:clip_image_to_3d", True, "cosine", ("images", "input_image"),
+               "cos(CLIP of the case's input image, CLIP of each trellis8 render of the candidate), mean over "
+               "views (the TRELLIS image-to-3D protocol)", "CLIP-img x100", 100.0, "mean", -1.0, model="clip"),
 )  # fmt: skip
 
 # Defined in PROTOCOLS.md, not implemented by this version: described (metric_info) but not computable.
-_UNAVAILABLE_SPECS: tuple[MetricSpec, ...] = (
-    MetricSpec("clip_score", None, True, "cosine x100", ("images", "text"),
-               "mean over the trellis8 views of 100 cos(CLIP image, CLIP text) (PROTOCOLS.md section 8)",
-               "CLIP", 1.0, "mean", 0.0, available=False,
-               unavailable="the CLIP metric is not available yet in gen3deval (PROTOCOLS.md section 8)"),
-    MetricSpec("clip_image_sim", None, True, "cosine", _IMG,
-               "cosine of the CLIP image embeddings of the two renders, mean over views", "CLIP-I", 1.0,
-               "mean", -1.0, available=False,
-               unavailable="the CLIP image metric is not available yet in gen3deval"),
-    MetricSpec("lpips", None, False, "distance", _IMG,
-               "LPIPS v0.1 AlexNet, inputs scaled to [-1, 1], mean over views", "LPIPS", 1.0, "median", INF,
-               available=False, unavailable="the LPIPS metric is not available yet in gen3deval"),
-)  # fmt: skip
+_UNAVAILABLE_SPECS: tuple[MetricSpec, ...] = ()
 _UNAVAILABLE = {spec.key: spec for spec in _UNAVAILABLE_SPECS}
 
 for _spec in _SPECS:
@@ -213,7 +234,13 @@ for _spec in _SPECS:
 # Key lists derived from the registry (public names kept for their importers).
 GEOMETRY_KEYS = tuple(s.key for s in _SPECS if s.inputs[0] == "points" and not s.key.startswith("fscore@"))
 MESH_KEYS = tuple(s.key for s in _SPECS if s.inputs == ("mesh",))
-IMAGE_KEYS = tuple(s.key for s in _SPECS if s.inputs == _IMG)
+# Candidate vs reference renders: model-free ones (every protocol's default) and all of them (learned included).
+IMAGE_KEYS = tuple(s.key for s in _SPECS if s.inputs == _IMG and s.model is None)
+ALL_IMAGE_KEYS = tuple(s.key for s in _SPECS if s.inputs == _IMG)
+# Reference-free: scored from the candidate's renders and the case's caption or input image.
+REFERENCE_FREE_KEYS = tuple(s.key for s in _SPECS if s.reference_free)
+# {key: model} of the learned metrics.
+MODEL_OF = {s.key: s.model for s in _SPECS if s.model is not None}
 # {key: why} of the metrics PROTOCOLS.md defines that this version cannot compute.
 UNAVAILABLE_METRICS = {s.key: s.unavailable for s in _UNAVAILABLE_SPECS}
 

@@ -153,6 +153,7 @@ def _header(summary: Mapping[str, Any], meta: Mapping[str, Any], n_cases: int) -
         ("systems", systems),
         ("protocol", f"{proto.get('name', '?')} v{proto.get('version', '?')}"),
         ("fingerprint", proto.get("hash", "?")),
+        ("background", _background(proto)),
         ("attempts", mode),
         (
             "intervals",
@@ -178,6 +179,13 @@ def _header(summary: Mapping[str, Any], meta: Mapping[str, Any], n_cases: int) -
         "F-score at 0.01 of the unit side).</p>"
     )
     return "\n".join(out)
+
+
+def _background(proto: Mapping[str, Any]) -> str:
+    """What every image was composited over before any metric (PROTOCOLS.md section 6)."""
+    params = proto.get("params") if isinstance(proto.get("params"), Mapping) else {}
+    bg = str(params.get("background", "white")) if params else "?"
+    return "black (compat: RGBA->RGB as some scripts did)" if bg == "black" else bg
 
 
 def _suite_problems(meta: Mapping[str, Any]) -> str:

@@ -8,9 +8,8 @@ metric. A failed case shows its error class and the server's (or loader's) messa
 Reference-based metrics need a reference, so image cases have none. Reference-free metrics plug in here:
 :data:`REFERENCE_FREE_METRICS` lists the result-row keys read by :func:`reference_free_metrics`, which
 returns ``{(case, system): {key: value}}``; :func:`image_gallery_html` shows them in each caption and
-:func:`per_system` turns them into per-system medians for the "Jobs and meshes" table. The CLIP
-image-to-render similarity (the learned-metrics issue) is added by naming its row key in
-:data:`REFERENCE_FREE_METRICS`, or by passing its values as ``extra`` directly.
+:func:`per_system` turns them into per-system medians for the "Jobs and meshes" table. The keys are the
+metric registry's reference-free ones (``clip_image_to_3d``: the photo vs each view, ``clip_score``).
 
 Size: views are embedded as :mod:`gen3deval.report.images` pictures, ``VIEW_THUMB`` px thumbnails and
 ``VIEW_FULL`` px enlargements; ``MAX_IMAGE_CASES`` cases at most. Measured on lowpoly304 renders (512 px
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from gen3deval.metrics.base import REFERENCE_FREE_KEYS
 from gen3deval.report.images import embed_images
 from gen3deval.report.remote_jobs import human_duration
 
@@ -39,8 +39,8 @@ __all__ = [
     "reference_free_metrics",
 ]
 
-# Result-row keys of metrics computed without a reference (the CLIP image-to-render similarity goes here).
-REFERENCE_FREE_METRICS: tuple[str, ...] = ()
+# Result-row keys of metrics computed without a reference (clip_image_to_3d, clip_score, ...): the registry's.
+REFERENCE_FREE_METRICS: tuple[str, ...] = REFERENCE_FREE_KEYS
 VIEW_THUMB = 72
 VIEW_FULL = 384
 PHOTO_THUMB = 160
@@ -88,11 +88,24 @@ def per_system(extra: ExtraMetrics | None) -> dict[str, dict[str, str]]:
                 vals[system].setdefault(k, [])
     return {
         s: {
-            f"{k} (median)": (f"{float(np.median(v)):.4g} (n={len(v)})" if v else "-")
+            f"{_shown(k)[0]} (median)": (
+                f"{float(np.median(v)) * _shown(k)[1]:.4g} (n={len(v)})" if v else "-"
+            )
             for k, v in sorted(per.items())
         }
         for s, per in vals.items()
     }
+
+
+def _shown(key: str) -> tuple[str, float]:
+    """(display name, scale) of a metric key from the registry (cosines are shown x100); the key itself if unknown."""
+    from gen3deval.metrics.base import metric_info
+
+    try:
+        info = metric_info(key)
+    except Exception:
+        return key, 1.0
+    return info.display, float(info.scale)
 
 
 def _caption(row: Mapping[str, Any], metrics: Mapping[str, float | None]) -> str:
@@ -115,7 +128,8 @@ def _caption(row: Mapping[str, Any], metrics: Mapping[str, float | None]) -> str
         if isinstance(total, int | float):
             parts.append(f"total {human_duration(float(total))}")
     for k, v in metrics.items():
-        parts.append(f"{k} {'-' if v is None else f'{v:.4g}'}")
+        name, scale = _shown(k)
+        parts.append(f"{name} {'-' if v is None else f'{v * scale:.4g}'}")
     return f'<div class="cap">{e(" · ".join(parts))}</div>' if parts else ""
 
 

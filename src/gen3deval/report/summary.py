@@ -265,6 +265,9 @@ def _warnings(
             out.append(f"system {name!r} has no results")
     if meta.get("unfinished"):
         out.append(f"{meta['unfinished']} case/system pipelines are unfinished and not in this report")
+    skipped = meta.get("skipped_metrics") or {}
+    for why in dict.fromkeys(skipped.values()):
+        out.append(f"skipped {', '.join(k for k, w in skipped.items() if w == why)}: {why}")
     if rows and not selected:
         out.append("no row is selected by the attempt mode (no attempt 1?): nothing to aggregate")
     return out
