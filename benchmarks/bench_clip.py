@@ -337,14 +337,14 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, md: str) -> None:
+def write_section(path: Path, md: str, section: str = SECTION) -> None:
     """Replace the section (from its heading to the next ``## `` heading) or append it."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION)
+    start = text.find(section)
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + md
     else:
-        nxt = text.find("\n## ", start + len(SECTION))
+        nxt = text.find("\n## ", start + len(section))
         text = text[:start] + md + ("" if nxt < 0 else "\n" + text[nxt + 1 :])
     path.write_text(text)
 
