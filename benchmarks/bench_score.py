@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from bench_clip import RESULTS, machine
+from bench_clip import RESULTS, machine, write_section
 
 SECTION = "## gen3deval score end to end (issue 12)"
 GEN3DEVAL = [sys.executable, "-m", "gen3deval"]
@@ -130,11 +130,7 @@ def main() -> int:
         print("error: the resumed run's scores differ from the uninterrupted run's", file=sys.stderr)
         return 1
     if not (a.quick or a.no_write):
-        import bench_clip
-        from bench_clip import write_section
-
-        bench_clip.SECTION = SECTION
-        write_section(RESULTS, "\n".join(md))
+        write_section(RESULTS, "\n".join(md), SECTION)
     return 0
 
 
