@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[cad,dev,clip]"
+	$(PY) -m pip install -q -e ".[cad,dev,clip,local]"
 	$(PY) -m gen3deval.models.lpips_weights
 	touch $@
 

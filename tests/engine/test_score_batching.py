@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gen3deval.config import build_spec
-from gen3deval.engine.batching import ScoreQueue
+from gen3deval.engine.batching import BatchQueues
 from gen3deval.engine.build import build_engine
 from gen3deval.engine.results import build_rows
 from gen3deval.engine.store import Store
@@ -88,12 +88,14 @@ def test_scores_go_in_batches_with_the_numbers_of_one_at_a_time(tmp_path: Path) 
         assert batched[case] == pytest.approx(value, abs=1e-6)
 
 
-def test_queue_fills_while_other_work_waits_and_never_starves() -> None:
-    q = ScoreQueue(3)
+def test_queues_fill_while_other_work_waits_and_never_starve() -> None:
+    q = BatchQueues()
     for i in (5, 1, 4):
-        q.offer((i,))
+        q.offer("score", 3, (i,))
+    q.offer("generate:hf", 2, (3,))
     assert q.take(other_work=True) == [(1,), (4,), (5,)]  # full: goes, in priority order
-    q.offer((9,))
-    assert q.take(other_work=True) == []  # not full, other stages ready: they run first
-    assert q.take(other_work=False) == [(9,)]  # nothing else to do: a short batch goes
-    assert q.take(other_work=False) == []
+    q.offer("score", 3, (9,))
+    assert q.take(other_work=True) == []  # none full, other stages ready: they run first
+    assert q.take(other_work=False) == [(3,)]  # nothing else to do: the queue whose first task comes first
+    assert q.take(other_work=False) == [(9,)]
+    assert q.take(other_work=False) == [] and len(q) == 0

@@ -40,7 +40,7 @@ from typing import Any
 from gen3deval.config import Protocol, SystemSpec, stable_hash
 from gen3deval.engine import pipeline as pl
 from gen3deval.engine.artifacts import ArtifactStore
-from gen3deval.engine.batching import ScoreQueue
+from gen3deval.engine.batching import BatchQueues
 from gen3deval.engine.pipeline import row_digest
 from gen3deval.engine.progress import NullProgress
 from gen3deval.engine.remote_dispatch import RemoteDispatch
@@ -287,8 +287,9 @@ class Engine(RemoteDispatch, StageInputs):
             self._remote_pending.append(_Task(prio, stage, case, system, attempt, input_hash, kwargs))
             return None
         task = _Task(prio, stage, case, system, attempt, input_hash, kwargs)
-        if stage == pl.SCORE and self._batched is not None:
-            self._batched.offer(task)
+        size = self._batch_size(stage, system)
+        if size > 1:
+            self._batched.offer(stage if stage == pl.SCORE else f"{stage}:{system}", size, task)
         else:
             heapq.heappush(self.ready, task)
         return None
@@ -430,6 +431,16 @@ class Engine(RemoteDispatch, StageInputs):
         )
         return row
 
+    def _batch_size(self, stage: str, system: str) -> int:
+        """How many stages like this one go to a worker together (see :mod:`gen3deval.engine.batching`):
+        CLIP-scored score stages, and the generate stages of a local model system that batches."""
+        if stage == pl.SCORE:
+            return self.score_batch
+        obj = self.objects.get(system)
+        if stage == pl.GENERATE and system not in self._remote and callable(getattr(obj, "prefetch", None)):
+            return max(1, int(getattr(obj, "batch_size", 1) or 1))
+        return 1
+
     # -- the loop --------------------------------------------------------------------------------
     def _make_executor(self) -> Any:
         return make_executor(self.inline, self.jobs, self.render_backend)
@@ -482,7 +493,7 @@ class Engine(RemoteDispatch, StageInputs):
         self.rows: dict[tuple[str, str, int, str], StageRow] = store.all()
         self.ready: list[_Task] = []
         # Score stages wait for a batch when a learned model scores them (see engine.batching).
-        self._batched = ScoreQueue(self.score_batch) if self.score_batch > 1 else None
+        self._batched = BatchQueues()
         self._remote_pending: list[_Task] = []
         self._seq = itertools.count()
         self._scratch: list[Path] = []
@@ -506,7 +517,7 @@ class Engine(RemoteDispatch, StageInputs):
                     self._start_remote(remote, remote_inflight, tmp)
                 while (self.ready or batched) and len(inflight) < max_inflight and not solo:
                     # A free worker never idles: a short batch goes when no other stage is ready.
-                    group = batched.take(other_work=bool(self.ready)) if batched else []
+                    group = batched.take(other_work=bool(self.ready))
                     if not group:
                         if not self.ready:
                             break  # a score batch is filling up while other stages run

@@ -23,6 +23,7 @@ Failures are values too: ``StageResult(status="failed", error_class=..., error=.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 import traceback
@@ -306,12 +307,44 @@ def stage_generate(
         else:
             cand = sys_obj.generate(c, reference, workdir, attempt=attempt)
     except GenerationFailed as exc:
-        return StageResult.fail(exc.error_class, exc.message)
+        if not exc.files:
+            return StageResult.fail(exc.error_class, exc.message)
+        # A model's answer without a program is kept: the next attempt of a revision quotes it.
+        return StageResult(
+            status="failed",
+            value={"kind": "program", "meta": exc.meta},
+            files=dict(exc.files),
+            error_class=exc.error_class,
+            error=_short(exc.message),
+        )
     value: dict[str, Any] = {"kind": cand.kind, "meta": cand.meta}
     if cand.mesh_path is not None:
-        return _kept_mesh(cand.mesh_path, cand.up, workdir, value, {})
+        return _kept_mesh(cand.mesh_path, cand.up, workdir, value, dict(cand.files))
     assert cand.program is not None and cand.language is not None
-    return _kept_program(cand.program, cand.language, workdir, value, {})
+    return _kept_program(cand.program, cand.language, workdir, value, dict(cand.files))
+
+
+def prefetch_generate(batch: list[dict[str, Any]]) -> None:
+    """Answer the generate stages ``batch`` (their kwargs, one system) in one call of the system's
+    ``prefetch`` (a local model generating for every prompt at once); each stage then finds its answer in the
+    system's memo. Best effort: any problem is left for the stage itself to report."""
+    try:
+        specs = {json.dumps(kw["system"], sort_keys=True) for kw in batch}
+        if len(specs) != 1 or any(kw.get("fetched") is not None for kw in batch):
+            return
+        sys_obj = get_system(batch[0]["system"])
+        prefetch = getattr(sys_obj, "prefetch", None)
+        if prefetch is None:
+            return
+        requests = []
+        for kw in batch:
+            c = case_from_dict(kw["case"])
+            if c.image is None and kw.get("ref_image") is not None:
+                c = dataclasses.replace(c, image=kw["ref_image"])
+            requests.append({"case": c, "attempt": int(kw.get("attempt", 1)), "previous": kw.get("previous")})
+        prefetch(requests)
+    except Exception:
+        return
 
 
 def _kept_mesh(

@@ -46,12 +46,19 @@ def work_batch(
     retries: int,
     functions: dict[str, Callable[..., StageResult]] | None,
 ) -> list[tuple[StageResult, float, float, int]]:
-    """Run stages ``(stage, kwargs, workdir)`` one after another in this worker; several score stages first
-    have the images of all of them embedded in one CLIP call (see :mod:`gen3deval.engine.batching`)."""
-    if len(items) > 1 and functions is None and all(stage == "score" for stage, _, _ in items):
-        from gen3deval.engine.scoring import prefetch_learned
+    """Run stages ``(stage, kwargs, workdir)`` one after another in this worker; a batch first does its model
+    work in one call (see :mod:`gen3deval.engine.batching`): score stages have all their images embedded by
+    CLIP at once, a local model system's generate stages all their prompts answered at once."""
+    if len(items) > 1 and functions is None:
+        stages = {stage for stage, _, _ in items}
+        if stages == {"score"}:
+            from gen3deval.engine.scoring import prefetch_learned
 
-        prefetch_learned([kwargs for _, kwargs, _ in items])
+            prefetch_learned([kwargs for _, kwargs, _ in items])
+        elif stages == {"generate"}:
+            from gen3deval.engine.stages import prefetch_generate
+
+            prefetch_generate([kwargs for _, kwargs, _ in items])
     return [run_stage(stage, kwargs, wd, retries=retries, functions=functions) for stage, kwargs, wd in items]
 
 

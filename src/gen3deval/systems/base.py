@@ -33,7 +33,8 @@ class Candidate:
 
     Exactly one of ``mesh_path`` and ``program`` is set; ``language`` names an executor (``threejs``,
     ``cadquery``: :data:`gen3deval.execute.EXECUTORS`) for a program. ``meta`` is free-form JSON-able
-    information (model id, tokens, cost) kept with the result.
+    information (model id, tokens, cost) kept with the result. ``files``: other files to keep as artifacts,
+    ``{name: path}`` (``answer``: a model's raw answer, which a revision quotes).
     """
 
     mesh_path: str | None = None
@@ -41,6 +42,7 @@ class Candidate:
     language: str | None = None
     up: str = "y"
     meta: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.mesh_path is None) == (self.program is None):
@@ -57,12 +59,22 @@ class GenerationFailed(Exception):
     """A system could not produce a candidate for a case (stored as a failed case, not a crash).
 
     ``error_class``: ``missing_output``, ``generation_error``, or one of execute.result.ERROR_CLASSES.
+    ``files`` ({name: path}) and ``meta`` are kept with the failure (a model's answer that held no program).
     """
 
-    def __init__(self, error_class: str, message: str) -> None:
+    def __init__(
+        self,
+        error_class: str,
+        message: str,
+        *,
+        files: dict[str, str] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.error_class = error_class
         self.message = message
+        self.files = dict(files or {})
+        self.meta = dict(meta or {})
 
 
 class TransientError(Exception):
@@ -155,6 +167,7 @@ SYSTEMS.add("boxes", "gen3deval.systems.baselines:BoxesSystem")
 SYSTEMS.add("sphere", "gen3deval.systems.baselines:SphereSystem")
 SYSTEMS.add("csm", "gen3deval.systems.csm_system:CsmSystem")
 SYSTEMS.add("vlm", "gen3deval.systems.vlm:VlmSystem")
+SYSTEMS.add("hf", "gen3deval.systems.hf:HfSystem")
 
 # Names that expand to several labelled systems (``--system csm-all`` -> csm-base, csm-turbo, ...): a function
 # returning [{name, label, settings}]; settings given with the preset (``csm-all:key=value``) apply to each.

@@ -203,26 +203,13 @@ class VlmSystem(RemoteSystem):
     ) -> dict[str, Any]:
         import asyncio
 
-        from gen3deval.prompts import Feedback, first_messages, revision_messages
+        from gen3deval.systems.answers import attempt_messages
 
         if case.image is None:
             raise ConfigError(f"case {case.id!r}: no reference image to show the model")
         t = self.template()
         image = Path(case.image)
-        if attempt == 1 or not feedback:
-            messages = await asyncio.to_thread(first_messages, t, image)
-        else:
-            program = feedback.get("program")
-            previous = Path(program).read_text(encoding="utf-8") if program else ""
-            if not previous and feedback.get("answer"):
-                previous = Path(feedback["answer"]).read_text(encoding="utf-8")
-            fb = Feedback(
-                executable=bool(feedback.get("executable")),
-                error_class=feedback.get("error_class"),
-                message=feedback.get("error"),
-                render_png=Path(feedback["render"]) if feedback.get("render") else None,
-            )
-            messages = await asyncio.to_thread(revision_messages, t, image, previous, fb)
+        messages = await asyncio.to_thread(attempt_messages, t, image, attempt, feedback)
         s = self.settings
         answer = await client.chat(
             model=s["model"],
@@ -248,7 +235,7 @@ class VlmSystem(RemoteSystem):
         return _Answered(handle)
 
     async def fetch(self, client: Any, answer: Any, dest: Path) -> Fetched:
-        from gen3deval.execute.extract import extract_code
+        from gen3deval.systems.answers import classify
 
         a = answer.handle.get("answer") or {}
         text = str(a.get("text") or "")
@@ -261,14 +248,7 @@ class VlmSystem(RemoteSystem):
         info["prompt"] = answer.handle.get("prompt")
         info["image_sha256"] = answer.handle.get("image")
         language = self.settings["language"]
-        failure: tuple[str, str] | None = None
-        program = extract_code(text, language) if text.strip() else None
-        if a.get("refusal") and program is None:
-            failure = ("refusal", f"the model refused: {str(a['refusal'])[:300]}")
-        elif a.get("finish_reason") == "length":
-            failure = ("truncated", "the answer was cut at max_tokens (finish_reason: length)")
-        elif not text.strip():
-            failure = ("no_code", "the model's answer is empty")
-        elif program is None:
-            failure = ("no_code", f"no {language} program in the answer")
+        program, failure = classify(
+            text, language, finish_reason=a.get("finish_reason"), refusal=a.get("refusal")
+        )
         return Fetched(program=program, language=language, answer=str(path), failure=failure, info=info)
