@@ -50,6 +50,7 @@ def test_presets_match_the_protocol_document() -> None:
     g = PROTOCOLS["gencad"]
     assert (g.task, g.language, g.normalize) == ("image-to-cadquery", "cadquery", "inertia")
     assert "best_iou" in g.metric_keys() and not g.unavailable()
+    assert "mecagent_iou" in g.metric_keys() and g.version == "3"  # the compat IoU, reported apart
     t = PROTOCOLS["clip3d"]
     assert t.rig == "trellis8" and t.metric_keys() == ["clip_score"] and t.reference_free() == ["clip_score"]
     assert not t.unavailable() and t.clip_model_id() == "openai/clip-vit-base-patch32"

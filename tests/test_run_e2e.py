@@ -18,6 +18,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from gen3deval.cli import main
@@ -382,6 +383,22 @@ def test_gencad_protocol_runs_cadquery_references(tmp_path: Path) -> None:
             assert r["best_iou"] == pytest.approx(1.0, abs=1e-9) and 0.0 < r["chamfer_l2"] < 1e-3
         assert r["protocol"]["name"] == "gencad" and r["protocol"]["params"]["normalize"] == "inertia"
         assert r["artifacts"]["ref_image"] is not None  # rendered from the ground-truth program
+        if system == "oracle":
+            assert r["mecagent_iou"] == pytest.approx(1.0)  # the compat IoU of an identical solid
+        assert 0.0 <= r["mecagent_iou"] <= 1.0
+    # The numbers as mecagent reports them, labelled, beside the honest ones (summary.json and the page).
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    block = summary["compat"]["mecagent"]
+    assert block["name"] == "compat:mecagent"
+    by = {s["system"]: s for s in block["systems"]}
+    bbox = by["bbox"]
+    assert bbox["compat"]["mean_iou"]["value"] == pytest.approx(
+        np.mean([r["mecagent_iou"] for (_, s), r in rows.items() if s == "bbox"])
+    )
+    assert bbox["honest"]["best_iou_all"]["value"] == pytest.approx(
+        np.mean([r["best_iou"] for (_, s), r in rows.items() if s == "bbox"])
+    )
+    assert "compat:mecagent" in (tmp_path / "run" / "report.html").read_text()
 
 
 @pytest.mark.slow

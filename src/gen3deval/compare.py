@@ -33,6 +33,7 @@ from gen3deval.metrics.base import (
     GEOMETRY_KEYS,
     IMAGE_KEYS,
     MESH_KEYS,
+    ON_REQUEST_KEYS,
     UNAVAILABLE_METRICS,
     fscore_key,
     geometry_metric_names,
@@ -47,12 +48,12 @@ GEOMETRY_METRIC_KEYS = (*GEOMETRY_KEYS, *MESH_KEYS)
 def default_metric_keys(thresholds: Iterable[float] = DEFAULT_THRESHOLDS) -> list[str]:
     """The keys ``compare(metrics=None)`` returns, in the registry's order: Chamfer (3 variants), Hausdorff,
     ``fscore@T`` per threshold, normal consistency and ``volume_iou``. ``best_iou`` (the CAD protocol: its
-    own normalisation and alignment, 4 IoUs) is computed only on request."""
+    own normalisation and alignment, 4 IoUs) and ``mecagent_iou`` (compat) are computed only on request."""
     keys: list[str] = []
     for name in geometry_metric_names():
         if name == "fscore":
             keys += [fscore_key(float(t)) for t in thresholds]
-        elif name != "best_iou":
+        elif name not in ON_REQUEST_KEYS:
             keys.append(name)
     return keys
 
@@ -257,6 +258,16 @@ def compare(
         values["best_iou_alignment"] = (
             None if biou.matrix is None else {"method": "inertia+pca", "matrix": biou.matrix.tolist()}
         )
+
+    if "mecagent_iou" in mesh_keys:
+        from gen3deval.metrics.compat_mecagent import compat_mecagent_detail
+
+        # On the loaded +Y-up meshes: the compat metric does its own normalisation and alignment.
+        mec = compat_mecagent_detail(cand, ref)
+        values["mecagent_iou"] = mec.value
+        if mec.value is None:
+            values["mecagent_iou_method"] = "undefined"
+            values["mecagent_iou_reason"] = mec.reason
 
     out: dict[str, Any] = {}
     for key in keys:  # requested order, each companion right after its metric

@@ -40,6 +40,7 @@ from gen3deval.metrics.base import (
     ALL_IMAGE_KEYS,
     IMAGE_KEYS,
     MODEL_OF,
+    ON_REQUEST_KEYS,
     REFERENCE_FREE_KEYS,
     fscore_key,
     geometry_metric_names,
@@ -51,7 +52,7 @@ from gen3deval.metrics.base import UNAVAILABLE_METRICS as _UNAVAILABLE_METRICS
 GEOMETRY_METRICS = geometry_metric_names()
 # The default protocol's: all but best_iou, the CAD protocol's own IoU (its own normalisation and
 # alignment), computed only where a protocol asks for it (the gencad preset).
-DEFAULT_GEOMETRY_METRICS = tuple(m for m in GEOMETRY_METRICS if m != "best_iou")
+DEFAULT_GEOMETRY_METRICS = tuple(m for m in GEOMETRY_METRICS if m not in ON_REQUEST_KEYS)
 # Model-free image metrics computed by gen3deval.metrics.image.image_metrics (every protocol's default).
 IMAGE_METRICS = IMAGE_KEYS
 # Every metric of candidate vs reference renders: the model-free ones, LPIPS and CLIP image similarity.
@@ -188,12 +189,14 @@ PROTOCOLS: dict[str, Protocol] = {
         clip_model=DEFAULT_CLIP_MODEL,
     ),
     # GenCAD-Code: image -> CadQuery; inertia normalisation, best IoU over proper PCA alignments, VSR in the report.
+    # Version 3 adds mecagent_iou, the compat:mecagent IoU (surface voxels, mirror images accepted), which the
+    # report shows apart, beside the honest numbers, so published mecagent numbers can be reproduced.
     "gencad": Protocol(
         name="gencad",
-        version="2",
+        version="3",
         task="image-to-cadquery",
         normalize="inertia",
-        metrics=("chamfer_l2", "chamfer_l2_sum", "best_iou"),
+        metrics=("chamfer_l2", "chamfer_l2_sum", "best_iou", "mecagent_iou"),
         image_metrics=(),
         language="cadquery",
     ),

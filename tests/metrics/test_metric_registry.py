@@ -23,6 +23,7 @@ ALL_KEYS = {
     "normal_consistency",
     "volume_iou",
     "best_iou",
+    "mecagent_iou",
     "mse",
     "psnr",
     "ssim",
@@ -132,8 +133,12 @@ def test_config_and_compare_lists_come_from_the_registry():
 
     assert config.GEOMETRY_METRICS == (
         "chamfer_l1", "chamfer_l2", "chamfer_l2_sum", "hausdorff", "fscore", "normal_consistency",
-        "volume_iou", "best_iou",
+        "volume_iou", "best_iou", "mecagent_iou",
     )  # fmt: skip
+    assert (
+        "mecagent_iou" not in config.DEFAULT_GEOMETRY_METRICS
+        and "mecagent_iou" not in compare.default_metric_keys()
+    )
     assert config.IMAGE_METRICS == base.IMAGE_KEYS == ("mse", "psnr", "ssim", "silhouette_iou")
     assert config.UNAVAILABLE_METRICS == base.UNAVAILABLE_METRICS
     assert set(compare.GEOMETRY_METRIC_KEYS) | {"fscore"} == set(config.GEOMETRY_METRICS)

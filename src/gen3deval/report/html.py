@@ -508,6 +508,7 @@ def render_html(
     """The report page as a string. ``rows`` are the rows the summary was made from (one attempt each);
     ``all_rows`` every attempt (the revision section shows each attempt's render), default ``rows``."""
     from gen3deval.report import image_gallery as ig
+    from gen3deval.report.compat import compat_html
     from gen3deval.report.remote_jobs import systems_html
     from gen3deval.report.revision import revision_html
 
@@ -524,6 +525,7 @@ def render_html(
         [
             _header(summary, meta, n_cases),
             _leaderboard(summary),
+            compat_html((summary.get("compat") or {}).get("mecagent")),
             systems_html(summary, ig.per_system(extra)),
             revision_html(summary, all_rows if all_rows is not None else rows, run_dir)
             if any(x.get("revision") or x.get("usage") for x in summary["systems"])
