@@ -225,3 +225,14 @@ def test_gencad_ground_truths_survive_every_answer_format() -> None:
         for answer in wrappings:
             assert extract_code(answer, "cadquery") == body + "\n", answer[:200]
         assert extract_code(f"```python\n{body}\n```", "threejs") is None
+
+
+@pytest.mark.parametrize(
+    "last", ["    pass", "    break", "    continue", "raise SystemExit(1)", "assert ok"]
+)
+def test_bare_python_keeps_statement_lines_at_the_end(last: str) -> None:
+    # A bare answer whose last line is a keyword statement kept it only when it looked like an assignment or call:
+    # `while True:\n    pass` lost its `pass` and became a syntax error instead of the loop it is.
+    answer = f"Here you go:\nimport cadquery as cq\nok = True\nwhile ok:\n{last}\nHope this helps."
+    code = extract_code(answer, "cadquery")
+    assert code is not None and code.rstrip().endswith(last.strip()) and "Hope" not in code

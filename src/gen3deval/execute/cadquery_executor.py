@@ -35,6 +35,7 @@ SYNTAX = CodeSyntax(
     binds=re.compile(r"^\s*(?:def|class)\s+([A-Za-z_]\w*)|^\s*([A-Za-z_]\w*)\s*=(?!=)", re.M),
     code_line=re.compile(
         r"^\s*(?:import\b|from\b|def\b|class\b|return\b|if\b|elif\b|else\b|for\b|while\b|with\b|try\b|except\b|"
+        r"finally\b|(?:pass|break|continue)\s*(?:#.*)?$|raise\b|assert\b|del\b|yield\b|global\b|nonlocal\b|"
         r"#|@|[\w.\[\]]+\s*(?:=|\+=|-=|\()|\)|\]|\.\w+\()|[:(,\[\\]\s*$"
     ),
     comments=re.compile(r"#[^\n]*"),
