@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "report": "report_cmd",
     "clean": "clean_cmd",
     "list": "list_cmd",
+    "reward": "reward_cmd",
 }
 
 
