@@ -332,3 +332,25 @@ def test_every_shared_object_is_one_with_itself():
     rows = lowpoly_manifest()
     methods = [_assert_identity(m, n).method for n, m in _lowpoly([r["id"] for r in rows]).items()]
     assert len(methods) == 304 and methods.count("undefined") <= 3, methods.count("undefined")
+
+
+def test_best_iou_prepares_each_reference_once_with_the_same_numbers() -> None:
+    from gen3deval.metrics import volume
+
+    def mesh(extents: tuple[float, float, float], shift: float = 0.0) -> Mesh:
+        tm = trimesh.creation.box(extents=extents)
+        return Mesh.from_arrays(tm.vertices + shift, tm.faces)
+
+    ref, other_ref = mesh((1.0, 2.0, 3.0)), mesh((1.0, 1.0, 3.0))
+    cands = [mesh((1.1, 2.0, 3.0)), mesh((1.0, 2.5, 2.0), 0.3)]
+    volume._BEST_IOU_REFS.clear()
+    fresh = []
+    for c in cands:
+        volume._BEST_IOU_REFS.clear()
+        fresh.append(volume.best_iou_detail(c, ref).value)
+    volume._BEST_IOU_REFS.clear()
+    cached = [volume.best_iou_detail(c, ref).value for c in cands]
+    assert cached == fresh and len(volume._BEST_IOU_REFS) == 1  # prepared once, identical numbers
+    # Keyed by content: another reference is prepared on its own and scores differently.
+    assert volume.best_iou_detail(cands[0], other_ref).value != cached[0]
+    assert len(volume._BEST_IOU_REFS) == 2
