@@ -99,3 +99,28 @@ def test_queues_fill_while_other_work_waits_and_never_starve() -> None:
     assert q.take(other_work=False) == [(3,)]  # nothing else to do: the queue whose first task comes first
     assert q.take(other_work=False) == [(9,)]
     assert q.take(other_work=False) == [] and len(q) == 0
+
+
+@pytest.mark.skipif(not LOWPOLY.is_dir(), reason="shared data not available")
+def test_batch_sizes_come_from_the_protocol_and_the_systems(tmp_path: Path) -> None:
+    """CLIP-scored score stages batch 8 at a time; a local model system's generate stages batch by its
+    batch_size; everything else runs one at a time."""
+    pytest.importorskip("peft")
+    from gen3deval.models.testing import make_random_vlm
+
+    tree = toys4k_tree(tmp_path / "toys", 2, bad_rows=False)
+    vlm = make_random_vlm(tmp_path / "vlm", seed=0)
+    spec = build_spec(
+        {
+            "suites": [f"toys4k:{tree}"],
+            "systems": ["oracle", {"name": "hf", "settings": {"model": str(vlm), "batch_size": 4}}],
+            "protocol": {"name": "clip3d", "clip_model": str(tmp_path / "no-such-clip")},
+        },
+        out=tmp_path / "run",
+        jobs=1,
+    )
+    engine, _ = build_engine(spec)
+    assert engine._batch_size("generate", "hf") == 4 and engine._batch_size("generate", "oracle") == 1
+    assert engine._batch_size("render", "hf") == 1
+    assert engine._batch_size("score", "oracle") == 1  # CLIP unavailable (skipped): nothing to batch
+    assert "clip_score" in engine.skipped_metrics
