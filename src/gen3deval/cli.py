@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "clean": "clean_cmd",
     "list": "list_cmd",
     "reward": "reward_cmd",
+    "merge": "merge_cmd",
 }
 
 

@@ -390,9 +390,13 @@ class RunSpec:
     limit: int | None = None
     retries: int = 2
     seed: int = 0
+    executor: str = "local"
+    ray_address: str | None = None
+    ray_shared_dir: str | None = None
+    shard: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "suites": list(self.suites),
             "systems": [s.to_dict() for s in self.systems],
             "protocol": self.protocol.params(),
@@ -402,9 +406,41 @@ class RunSpec:
             "seed": self.seed,
             "retries": self.retries,
         }
+        # Where stages run changes no number: recorded only when not the default (older specs stay as they were).
+        if self.executor != "local":
+            d.update(executor=self.executor, ray_address=self.ray_address, ray_shared_dir=self.ray_shared_dir)
+        if self.shard is not None:
+            d["shard"] = f"{self.shard[0]}/{self.shard[1]}"
+        return d
 
 
-SPEC_KEYS = ("suite", "suites", "systems", "protocol", "out", "jobs", "limit", "seed", "retries")
+SPEC_KEYS = (
+    "suite",
+    "suites",
+    "systems",
+    "protocol",
+    "out",
+    "jobs",
+    "limit",
+    "seed",
+    "retries",
+    "executor",
+    "ray_address",
+    "ray_shared_dir",
+    "shard",
+)
+EXECUTORS_KINDS = ("local", "ray")
+
+
+def parse_shard(value: Any, where: str = "shard") -> tuple[int, int] | None:
+    """``"I/N"`` (1 <= I <= N) -> (I, N); None stays None; anything else is a ConfigError naming ``where``."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    i, sep, n = text.partition("/")
+    if not sep or not i.strip().isdigit() or not n.strip().isdigit() or not 1 <= int(i) <= int(n):
+        raise ConfigError(f"{where}: expected I/N with 1 <= I <= N (e.g. 2/8), got {value!r}")
+    return int(i), int(n)
 
 
 def default_jobs() -> int:
@@ -461,6 +497,10 @@ def build_spec(
     limit: int | None = None,
     seed: int | None = None,
     default_out: str | Path | None = None,
+    executor: str | None = None,
+    ray_address: str | None = None,
+    ray_shared_dir: str | None = None,
+    shard: str | None = None,
 ) -> RunSpec:
     """Validate a spec mapping (from YAML, may be empty) with command-line overrides into a :class:`RunSpec`.
 
@@ -555,6 +595,25 @@ def build_spec(
         out_path = Path(default_out)
     else:
         out_path = Path("runs") / "quickstart"
+    executor = executor if executor is not None else data.get("executor", "local")
+    if executor not in EXECUTORS_KINDS:
+        raise ConfigError(f"executor: expected one of {', '.join(EXECUTORS_KINDS)}, got {executor!r}")
+    ray_address = ray_address if ray_address is not None else data.get("ray_address")
+    ray_shared_dir = ray_shared_dir if ray_shared_dir is not None else data.get("ray_shared_dir")
+    for key, value in (("ray_address", ray_address), ("ray_shared_dir", ray_shared_dir)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+        if value is not None and executor != "ray":
+            raise ConfigError(f"{key}: only applies with executor: ray")
+    shard_pair = parse_shard(shard if shard is not None else data.get("shard"))
+    if out is None and "out" not in data:
+        if ray_shared_dir is not None and not out_path.is_absolute():
+            out_path = Path(ray_shared_dir) / out_path  # every node sees the run folder
+        if shard_pair is not None:
+            from gen3deval.engine.shards import shard_name
+
+            # Each shard in its own folder (runs/x/shard-1-of-3), merged later with `gen3deval merge`.
+            out_path = out_path / shard_name(shard_pair)
     return RunSpec(
         suites=tuple(suite_list),
         systems=tuple(specs),
@@ -564,6 +623,10 @@ def build_spec(
         limit=limit,
         retries=retries,
         seed=int(seed),
+        executor=str(executor),
+        ray_address=ray_address,
+        ray_shared_dir=ray_shared_dir,
+        shard=shard_pair,
     )
 
 

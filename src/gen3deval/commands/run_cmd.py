@@ -57,6 +57,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of live progress bars")
     p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="where stages run: local worker processes (default) or a Ray cluster (docs/scale-out.md)",
+    )
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join: auto, or ray://HOST:PORT")
+    p.add_argument(
+        "--ray-shared-dir",
+        metavar="DIR",
+        help="a folder every Ray node sees (NFS...): the run folder goes there (an --out must be inside it)",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only shard I of N of the (case, system) pipelines, into its own folder; `gen3deval merge` "
+        "unions the shards (Slurm arrays, Kubernetes indexed jobs)",
+    )
+    p.add_argument(
         "--retry-failed",
         action="store_true",
         help="rerun stages that failed before even when their inputs are unchanged (otherwise they are kept)",
@@ -147,7 +164,7 @@ def resolve_spec(args: argparse.Namespace) -> RunSpec:
         with Store(args.out, readonly=True) as store:
             stored = store.get_meta("spec")
         if stored:
-            from gen3deval.config import default_jobs
+            from gen3deval.config import default_jobs, parse_shard
 
             return RunSpec(
                 suites=tuple(stored["suites"]),
@@ -158,6 +175,10 @@ def resolve_spec(args: argparse.Namespace) -> RunSpec:
                 limit=args.limit if args.limit is not None else stored.get("limit"),
                 retries=int(stored.get("retries", 2)),
                 seed=args.seed if args.seed is not None else int(stored.get("seed") or 0),
+                executor=args.executor or stored.get("executor", "local"),
+                ray_address=args.ray_address or stored.get("ray_address"),
+                ray_shared_dir=args.ray_shared_dir or stored.get("ray_shared_dir"),
+                shard=parse_shard(args.shard or stored.get("shard"), "--shard"),
             )
     data = None
     base = Path(".")
@@ -175,6 +196,10 @@ def resolve_spec(args: argparse.Namespace) -> RunSpec:
         limit=args.limit,
         seed=args.seed,
         default_out=_default_out(args),
+        executor=getattr(args, "executor", None),
+        ray_address=getattr(args, "ray_address", None),
+        ray_shared_dir=getattr(args, "ray_shared_dir", None),
+        shard=getattr(args, "shard", None),
     )
 
 

@@ -140,6 +140,10 @@ def build_engine(
         retries=spec.retries,
         progress=progress,
         retry_failed=retry_failed,
+        shard=spec.shard,
+        executor=spec.executor,
+        ray_address=spec.ray_address,
+        ray_shared_dir=spec.ray_shared_dir,
     )
     engine.warnings = preflight(engine)
     # One line per skipped model (its metrics share the reason).

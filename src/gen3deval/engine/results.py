@@ -14,6 +14,7 @@ from typing import Any
 
 from gen3deval.config import Protocol, protocol_from_params
 from gen3deval.engine import pipeline as pl
+from gen3deval.engine.shards import pipeline_filter
 from gen3deval.engine.store import REFERENCE_SYSTEM, StageRow, Store
 
 # Values stored by the score stage beside the metrics that rows carry.
@@ -204,10 +205,13 @@ def build_rows(store: Store) -> tuple[list[dict[str, Any]], list[tuple[str, str,
     systems = store.get_meta("systems", []) or []
     attempts = _attempts(store)
     rows = store.all()
+    keep = pipeline_filter(store)  # a shard's folder: only its own pipelines
     out: list[dict[str, Any]] = []
     unfinished: list[tuple[str, str, int]] = []
     for case, info in cases.items():
         for system in systems:
+            if not keep(case, system):
+                continue
             for attempt in range(1, int(attempts.get(system, {}).get(case, 1)) + 1):
                 stages = _pipeline_rows(rows, case, system, attempt)
                 row = assemble_row(
@@ -250,10 +254,14 @@ def stage_progress(store: Store) -> dict[tuple[str, str], dict[str, int]]:
         c = out.setdefault((stage, system), {"done": 0, "failed": 0, "left": 0})
         c["left" if state in pl.LEFT else state] += 1
 
+    keep = pipeline_filter(store)  # a shard's folder: only its own pipelines and their references
     for case in cases:
+        mine = [system for system in systems if keep(case, system)]
+        if systems and not mine:
+            continue
         ref = rows.get((case, REFERENCE_SYSTEM, 1, pl.REFERENCE))
         count(pl.REFERENCE, REFERENCE_SYSTEM, pl.READY if ref is None else (pl.DONE if ref.ok else pl.FAILED))
-        for system in systems:
+        for system in mine:
             ctx = contexts.get(system, pl.Context.of(protocol))
             for attempt in range(1, int(attempts.get(system, {}).get(case, 1)) + 1):
                 state = pl.states(_pipeline_rows(rows, case, system, attempt), ctx)

@@ -45,6 +45,7 @@ from gen3deval.engine.pipeline import row_digest
 from gen3deval.engine.progress import NullProgress
 from gen3deval.engine.remote_dispatch import RemoteDispatch
 from gen3deval.engine.run_meta import write_run_meta
+from gen3deval.engine.shards import check_shard, record_shard, select
 from gen3deval.engine.stage_inputs import StageInputs, case_fingerprint
 from gen3deval.engine.stages import UNEXPECTED_ERROR_CLASS, StageResult
 from gen3deval.engine.store import REFERENCE_SYSTEM, StageRow, Store
@@ -136,6 +137,11 @@ class Engine(RemoteDispatch, StageInputs):
         inline: run the stages in this process, one at a time (tests, benchmarks). Otherwise they run in
             ``jobs`` worker processes even for ``jobs=1``, so a native crash in a stage (a segfault in a
             geometry library) fails that stage instead of killing the run.
+        executor / ray_address / ray_shared_dir: "local" (the worker processes above) or "ray": stages
+            as Ray tasks (see :mod:`gen3deval.engine.ray_executor`) on the cluster at ``ray_address`` (None:
+            a Ray instance of ``jobs`` CPUs on this machine), the run folder inside ``ray_shared_dir``.
+        shard: (I, N): plan only the (case, system) pipelines of shard I of N, and the references of their
+            cases (see :mod:`gen3deval.engine.shards`); the folder records the shard.
         score_batch: score stages per worker call when CLIP scores them (one forward pass for the images
             of ``score_batch`` assets, see :mod:`gen3deval.engine.batching`); 1 = one at a time.
         models / skipped_metrics: the learned models found ({model: {"id", "path", "weights_sha256"}}) and
@@ -162,9 +168,21 @@ class Engine(RemoteDispatch, StageInputs):
         models: dict[str, dict[str, Any]] | None = None,
         skipped_metrics: dict[str, str] | None = None,
         score_batch: int = SCORE_BATCH,
+        executor: str = "local",
+        ray_address: str | None = None,
+        ray_shared_dir: str | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.inline = inline
+        if executor not in ("local", "ray") or (executor == "ray" and inline):
+            raise ConfigError(f"executor: expected local or ray (not with inline), got {executor!r}")
+        if executor == "ray":
+            from gen3deval.engine.ray_executor import check_shared_dir
+
+            check_shared_dir(self.run_dir, ray_shared_dir)
+        self.executor_kind, self.ray_address, self.ray_shared_dir = executor, ray_address, ray_shared_dir
+        self.shard = check_shard(shard)
         # Workers render with the backend the fingerprint recorded ("gl" or "raycast"), never a silent mix.
         backend = str((fingerprint.get("renderer") or {}).get("renderer", "auto"))
         self.render_backend = backend if backend in ("gl", "raycast") else "auto"
@@ -299,10 +317,13 @@ class Engine(RemoteDispatch, StageInputs):
         self._ref: dict[str, StageRow] = {}  # reference rows confirmed in this session
         self.pipes: dict[str, list[_Pipe]] = {c.key: [] for c in self.cases}
         totals = dict.fromkeys(STAGES, 0)
-        totals[pl.REFERENCE] = len(self.cases)
         attempts = self.attempts()
+        keys, labels = [c.key for c in self.cases], [s.label for s in self.systems]
+        selected = select(keys, labels, self.shard)
         for c in self.cases:
             for s in self.systems:
+                if (c.key, s.label) not in selected:
+                    continue  # another shard's pipeline
                 # Attempts are independent today: all start when the reference is done (see pipeline.py).
                 for a in range(1, attempts[(c.key, s.label)] + 1):
                     pipe = _Pipe(c.key, s.label, a)
@@ -310,11 +331,18 @@ class Engine(RemoteDispatch, StageInputs):
                     for st in pipe.counted:
                         totals[st] += 1
                     self.pipes[c.key].append(pipe)
+        # A shard makes the references of the cases it has pipelines of (every case when unsharded).
+        totals[pl.REFERENCE] = sum(1 for c in self.cases if self._runs_case(c.key))
         if not self.protocol.renders:
             del totals[pl.RENDER]
         return totals
 
+    def _runs_case(self, case: str) -> bool:
+        return self.shard is None or bool(self.pipes[case])
+
     def _start_case(self, entry: CaseEntry) -> None:
+        if not self._runs_case(entry.key):
+            return
         kwargs = {"case": self._case_dict[entry.key], "protocol": self.params}
         ih = self._hash(
             pl.REFERENCE, case_fingerprint(entry.case, text=False), self._reference_files(entry.case)
@@ -443,7 +471,8 @@ class Engine(RemoteDispatch, StageInputs):
 
     # -- the loop --------------------------------------------------------------------------------
     def _make_executor(self) -> Any:
-        return make_executor(self.inline, self.jobs, self.render_backend)
+        kind, address, shared = self.executor_kind, self.ray_address, self.ray_shared_dir
+        return make_executor(self.inline, self.jobs, self.render_backend, kind, address, shared)
 
     def run(
         self, *, suites: list[dict[str, Any]] | None = None, spec: dict[str, Any] | None = None
@@ -468,6 +497,7 @@ class Engine(RemoteDispatch, StageInputs):
             tmp.mkdir(parents=True, exist_ok=True)
             with Store(self.run_dir) as store:
                 with store.transaction():  # all of the metadata or none of it, whenever the run is killed
+                    record_shard(store, self.shard, self.run_dir)  # before run_id: it tells a new folder
                     self.fingerprint = write_run_meta(
                         store,
                         run_dir=self.run_dir,
@@ -508,7 +538,8 @@ class Engine(RemoteDispatch, StageInputs):
             self._start_case(entry)
         executor = self._make_executor()
         inflight: dict[Future[Any], list[tuple[_Task, Path]]] = {}
-        max_inflight = 1 if self.inline else 2 * self.jobs
+        # Ray: as many stages in flight as the cluster has CPUs, twice, as for the local pool's workers.
+        max_inflight = 1 if self.inline else 2 * int(getattr(executor, "slots", self.jobs))
         solo = False  # a stage whose worker died runs alone next time, so a second death is its own
         try:
             batched = self._batched

@@ -119,8 +119,21 @@ def hidden_env(names: set[str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def make_executor(inline: bool, jobs: int, render_backend: str) -> Any:
-    """The executor of a run: inline, or ``jobs`` spawned workers pinned to ``render_backend``."""
+def make_executor(
+    inline: bool,
+    jobs: int,
+    render_backend: str,
+    kind: str = "local",
+    ray_address: str | None = None,
+    ray_shared_dir: str | None = None,
+) -> Any:
+    """The executor of a run: inline, ``jobs`` spawned workers pinned to ``render_backend`` (``kind``
+    "local"), or Ray tasks (``kind`` "ray", see :mod:`gen3deval.engine.ray_executor`; a Ray instance of
+    ``jobs`` CPUs on this machine when ``ray_address`` is None)."""
+    if kind == "ray":
+        from gen3deval.engine.ray_executor import RayExecutor
+
+        return RayExecutor(ray_address, ray_shared_dir, num_cpus=jobs, render_backend=render_backend)
     if inline:
         from gen3deval.engine.stages import set_render_backend
 
