@@ -366,3 +366,23 @@ def test_meshes_captions_option_resolves_against_the_spec_folder(tmp_path: Path)
 def test_seed_must_be_a_non_negative_integer(seed: object) -> None:
     with pytest.raises(ConfigError, match=r"^seed: expected an integer >= 0"):
         build_spec({"seed": seed})
+
+
+def test_executor_and_shard_fields(tmp_path: Path) -> None:
+    from gen3deval.config import parse_shard
+
+    spec = build_spec({"executor": "ray", "ray_shared_dir": str(tmp_path)}, shard="2/3", default_out="runs/x")
+    assert spec.executor == "ray" and spec.shard == (2, 3)
+    # The run folder goes inside the shared folder, and each shard gets its own.
+    assert spec.out == tmp_path / "runs" / "x" / "shard-2-of-3"
+    assert spec.to_dict()["shard"] == "2/3" and spec.to_dict()["executor"] == "ray"
+    assert "executor" not in build_spec({}).to_dict()  # the default changes no stored spec
+    assert build_spec({"out": "mine"}, shard="1/2").out.name == "mine"  # an explicit folder is kept
+    assert parse_shard(None) is None and parse_shard("8/8") == (8, 8)
+    for bad in ("0/3", "4/3", "1", "a/b", "1/0", "-1/2"):
+        with pytest.raises(ConfigError, match="shard: expected I/N"):
+            parse_shard(bad)
+    with pytest.raises(ConfigError, match="executor: expected one of local, ray"):
+        build_spec({"executor": "dask"})
+    with pytest.raises(ConfigError, match="ray_address: only applies with executor: ray"):
+        build_spec({"ray_address": "auto"})
