@@ -68,3 +68,9 @@ def toys4k_tree(root: Path, n: int = 3, bad_rows: bool = True, captions: dict | 
         w.writerow(["sha256", "file_identifier", "aesthetic_score", "captions"])
         w.writerows(rows)
     return root
+
+
+def worker_probe(items: object, *args: object) -> tuple[int, str | None]:
+    """(pid, CUDA_VISIBLE_DEVICES) of the process running it: a stage function stand-in for executor tests
+    (importable by spawned workers: tests/ is on their path)."""
+    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -472,7 +472,23 @@ class Engine(RemoteDispatch, StageInputs):
     # -- the loop --------------------------------------------------------------------------------
     def _make_executor(self) -> Any:
         kind, address, shared = self.executor_kind, self.ray_address, self.ray_shared_dir
-        return make_executor(self.inline, self.jobs, self.render_backend, kind, address, shared)
+        ex = make_executor(self.inline, self.jobs, self.render_backend, kind, address, shared)
+        # Systems whose model must load once per GPU get their own lane (engine.lanes); local pools only.
+        lanes = {
+            label: (int(getattr(obj, "model_workers", 0) or 0), int(getattr(obj, "gpus", 0) or 0))
+            for label, obj in self.objects.items()
+            if label not in self._remote and int(getattr(obj, "model_workers", 0) or 0) > 0
+        }
+        if not lanes or self.inline or kind != "local":
+            return ex
+        from functools import partial
+
+        from gen3deval.engine.lanes import LanedExecutor, lane_pool
+
+        factories = {
+            label: partial(lane_pool, n, gpus, self.render_backend) for label, (n, gpus) in lanes.items()
+        }
+        return LanedExecutor(ex, factories, slots=self.jobs + sum(n for n, _ in lanes.values()))
 
     def run(
         self, *, suites: list[dict[str, Any]] | None = None, spec: dict[str, Any] | None = None
@@ -539,7 +555,7 @@ class Engine(RemoteDispatch, StageInputs):
         executor = self._make_executor()
         inflight: dict[Future[Any], list[tuple[_Task, Path]]] = {}
         # Ray: as many stages in flight as the cluster has CPUs, twice, as for the local pool's workers.
-        max_inflight = 1 if self.inline else 2 * int(getattr(executor, "slots", self.jobs))
+        max_inflight = 1 if self.inline else 2 * int(getattr(executor, "slots", None) or self.jobs)
         solo = False  # a stage whose worker died runs alone next time, so a second death is its own
         try:
             batched = self._batched

@@ -17,7 +17,9 @@ revision of an answer without a program quotes the answer.
 Settings: ``model`` (required: a folder, or a Hugging Face id in the local cache), ``adapter`` (a peft LoRA
 folder), ``dtype`` (``auto``: bf16 on CUDA, fp32 on CPU), ``device`` (``auto``|``cpu``|``cuda``|``cuda:N``),
 ``batch_size`` (8), ``max_new_tokens`` (1024), ``temperature`` (0: greedy), ``top_p``, ``seed``,
-``trust_remote_code`` (false), ``chat_template`` (a Jinja file or text replacing the model's), ``language``
+``trust_remote_code`` (false), ``model_workers`` (0 = auto: with CUDA the model loads in one worker per GPU, a
+lane of its own, :mod:`gen3deval.engine.lanes`; N: a lane of N workers), ``chat_template`` (a Jinja file or text
+replacing the model's), ``language``
 (``threejs``|``cadquery``; empty: the case's reference language, else threejs), ``attempts`` (1), ``prompt``
 (a built-in template or a template file; default: the language's).
 """
@@ -68,6 +70,7 @@ class HfSystem(System):
         "language": (str, ""),
         "attempts": (int, 1),
         "prompt": (str, ""),
+        "model_workers": (int, 0),
     }
     path_settings: ClassVar[tuple[str, ...]] = ("adapter",)
 
@@ -96,12 +99,35 @@ class HfSystem(System):
         for key in ("attempts", "batch_size", "max_new_tokens"):
             if settings[key] < 1:
                 raise bad(key, "at least 1")
+        if settings["model_workers"] < 0:
+            raise bad("model_workers", "0 (auto: one per GPU on CUDA) or more")
         if settings["temperature"] < 0:
             raise bad("temperature", "0 (greedy) or more")
         if settings["top_p"] is not None and not 0 < settings["top_p"] <= 1:
             raise bad("top_p", "a number in (0, 1]")
         if not settings["model"].strip():
             raise bad("model", "a model folder or a Hugging Face id")
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the model runs on: the visible CUDA devices when ``device`` is auto (and CUDA is there) or cuda,
+        else 0. Asked by the engine only (it imports torch)."""
+        device = str(self.settings["device"])
+        if device == "cpu" or device == "mps":
+            return 0
+        try:
+            import torch
+        except ImportError:
+            return 0
+        n = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+        return 1 if device.startswith("cuda:") and n else n
+
+    @property
+    def model_workers(self) -> int:
+        """How many worker processes load the model, in a lane of their own (:mod:`gen3deval.engine.lanes`):
+        the setting, or 0 (auto): one per GPU on CUDA, and no lane on the CPU (every worker may load it)."""
+        n = int(self.settings["model_workers"])
+        return n if n > 0 else self.gpus
 
     # -- what it reads ------------------------------------------------------------------------------------
     @property
