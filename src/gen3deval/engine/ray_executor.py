@@ -152,6 +152,10 @@ class RayExecutor:
         shared_dir: the folder every node mounts at the same path, holding the run folder; None when all
             nodes are this machine (refused otherwise, see :meth:`check_nodes`).
         render_backend: the renderer every worker is pinned to ("auto", "gl", "raycast").
+        model_systems / model_scores: the labels of systems that run a local model (their generate stages)
+            and whether score stages run CLIP. When the cluster has GPUs, these stages go to long-lived
+            actors, one per GPU (``num_gpus=1``), so the weights load once per GPU and stay loaded; other
+            stages stay ``num_cpus=1`` tasks. An actor lost with its node is restarted once (its calls retried).
     """
 
     def __init__(
@@ -160,6 +164,8 @@ class RayExecutor:
         shared_dir: str | None = None,
         num_cpus: int | None = None,
         render_backend: str = "auto",
+        model_systems: frozenset[str] = frozenset(),
+        model_scores: bool = False,
     ) -> None:
         ray = _import_ray()
         self._ray = ray
@@ -201,6 +207,16 @@ class RayExecutor:
             "render_backend": render_backend,
         }
         self._remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(run_task)
+        self.model_systems, self.model_scores = frozenset(model_systems), bool(model_scores)
+        gpus = int(ray.cluster_resources().get("GPU", 0)) if (model_systems or model_scores) else 0
+        actor = ray.remote(_ModelActor)
+        self._actors = [
+            actor.options(
+                num_cpus=0, num_gpus=1, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES
+            ).remote()
+            for _ in range(gpus)
+        ]
+        self._next_actor = 0
         self._pending: dict[Any, tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -231,11 +247,27 @@ class RayExecutor:
         payload = cloudpickle.dumps((fn, args))
         fut: Future[Any] = Future()
         fut.set_running_or_notify_cancel()
-        ref = self._remote.remote(payload, self._init)
+        if self._actors and args and self.runs_model(args[0]):
+            actor = self._actors[self._next_actor % len(self._actors)]
+            self._next_actor += 1
+            ref = actor.run.remote(payload, self._init)
+        else:
+            ref = self._remote.remote(payload, self._init)
         with self._lock:
             self._pending[ref] = (fut, fn, args)
         self._wake.set()
         return fut
+
+    def runs_model(self, items: Any) -> bool:
+        """Whether a ``work_batch`` call's items need a model on a GPU: generate stages of a local model system,
+        or score stages when CLIP scores."""
+        try:
+            stages = {(stage, (kw.get("system") or {}).get("label")) for stage, kw, _wd in items}
+        except (TypeError, ValueError, AttributeError):
+            return False
+        if stages and all(stage == "score" for stage, _ in stages):
+            return self.model_scores
+        return bool(stages) and all(st == "generate" and label in self.model_systems for st, label in stages)
 
     def _pump(self) -> None:
         """The driver thread: complete each future as its task finishes."""
@@ -268,6 +300,8 @@ class RayExecutor:
             ex.ObjectLostError,
             ex.LocalRayletDiedError,
             ex.OutOfMemoryError,
+            ex.ActorDiedError,
+            ex.ActorUnavailableError,
         )
         try:
             value = self._ray.get(ref)
@@ -306,6 +340,17 @@ class RayExecutor:
         if self._owns:
             self._owns = False
             self._ray.shutdown()
+
+
+class _ModelActor:
+    """A long-lived worker holding one GPU: runs ``work_batch`` calls like a task, keeping its caches (loaded
+    models) between calls."""
+
+    def run(self, payload: bytes, init: dict[str, Any]) -> Any:
+        return run_task(payload, init)
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 def lost_results(fn: Callable[..., Any], args: tuple[Any, ...]) -> list[Any] | None:

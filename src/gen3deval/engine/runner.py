@@ -472,7 +472,22 @@ class Engine(RemoteDispatch, StageInputs):
     # -- the loop --------------------------------------------------------------------------------
     def _make_executor(self) -> Any:
         kind, address, shared = self.executor_kind, self.ray_address, self.ray_shared_dir
-        ex = make_executor(self.inline, self.jobs, self.render_backend, kind, address, shared)
+        # On Ray, stages that run a model on a GPU go to one long-lived actor per GPU of the cluster.
+        model_systems = frozenset(
+            label
+            for label, obj in self.objects.items()
+            if label not in self._remote and callable(getattr(obj, "prefetch", None))
+        )
+        ex = make_executor(
+            self.inline,
+            self.jobs,
+            self.render_backend,
+            kind,
+            address,
+            shared,
+            model_systems=model_systems,
+            model_scores=self.score_batch > 1,
+        )
         # Systems whose model must load once per GPU get their own lane (engine.lanes); local pools only.
         lanes = {
             label: (int(getattr(obj, "model_workers", 0) or 0), int(getattr(obj, "gpus", 0) or 0))

@@ -126,14 +126,24 @@ def make_executor(
     kind: str = "local",
     ray_address: str | None = None,
     ray_shared_dir: str | None = None,
+    model_systems: frozenset[str] = frozenset(),
+    model_scores: bool = False,
 ) -> Any:
     """The executor of a run: inline, ``jobs`` spawned workers pinned to ``render_backend`` (``kind``
     "local"), or Ray tasks (``kind`` "ray", see :mod:`gen3deval.engine.ray_executor`; a Ray instance of
-    ``jobs`` CPUs on this machine when ``ray_address`` is None)."""
+    ``jobs`` CPUs on this machine when ``ray_address`` is None; ``model_systems`` / ``model_scores``: the stages
+    that go to one long-lived actor per GPU of the cluster)."""
     if kind == "ray":
         from gen3deval.engine.ray_executor import RayExecutor
 
-        return RayExecutor(ray_address, ray_shared_dir, num_cpus=jobs, render_backend=render_backend)
+        return RayExecutor(
+            ray_address,
+            ray_shared_dir,
+            num_cpus=jobs,
+            render_backend=render_backend,
+            model_systems=model_systems,
+            model_scores=model_scores,
+        )
     if inline:
         from gen3deval.engine.stages import set_render_backend
 
