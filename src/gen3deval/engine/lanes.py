@@ -1,5 +1,8 @@
-"""Model lanes: the generate stages of a system whose model must not be loaded in every worker (a local model on
-a GPU) run in that system's own small pool, one worker per GPU, so its weights load once per GPU.
+"""Where model stages run: the run's executor (:func:`run_executor`) and its model lanes.
+
+The generate stages of a system whose model must not be loaded in every worker (a local model on a GPU) run in
+that system's own small pool, one worker per GPU, so its weights load once per GPU (on Ray, the executor gives
+such stages one long-lived actor per GPU instead, :mod:`gen3deval.engine.ray_executor`).
 
 :class:`LanedExecutor` wraps the run's executor: a ``work_batch`` call whose items are all generate stages of a
 laned system goes to that system's lane (a pool of ``n`` spawned workers, worker ``k`` pinned to GPU ``k`` through
@@ -80,3 +83,46 @@ class LanedExecutor:
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         for ex in (self.main, *self.lanes.values()):
             ex.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def run_executor(
+    *,
+    inline: bool,
+    jobs: int,
+    render_backend: str,
+    kind: str,
+    ray_address: str | None,
+    ray_shared_dir: str | None,
+    systems: Mapping[str, Any],
+    clip_scores: bool,
+) -> Any:
+    """The executor of a run (:func:`gen3deval.engine.workers.make_executor`) with its model placement:
+    ``systems`` ({label: object}, local systems only) that run a model (``prefetch``) go to one long-lived actor
+    per GPU on Ray (as do score stages when ``clip_scores``); those with ``model_workers`` > 0 get a lane of
+    their own in a local pool."""
+    from functools import partial
+
+    from gen3deval.engine.workers import make_executor
+
+    model_systems = frozenset(
+        label for label, obj in systems.items() if callable(getattr(obj, "prefetch", None))
+    )
+    ex = make_executor(
+        inline,
+        jobs,
+        render_backend,
+        kind,
+        ray_address,
+        ray_shared_dir,
+        model_systems=model_systems,
+        model_scores=clip_scores,
+    )
+    lanes = {
+        label: (int(getattr(obj, "model_workers", 0) or 0), int(getattr(obj, "gpus", 0) or 0))
+        for label, obj in systems.items()
+        if int(getattr(obj, "model_workers", 0) or 0) > 0
+    }
+    if not lanes or inline or kind != "local":
+        return ex
+    factories = {label: partial(lane_pool, n, gpus, render_backend) for label, (n, gpus) in lanes.items()}
+    return LanedExecutor(ex, factories, slots=jobs + sum(n for n, _ in lanes.values()))

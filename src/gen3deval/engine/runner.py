@@ -41,6 +41,7 @@ from gen3deval.config import Protocol, SystemSpec, stable_hash
 from gen3deval.engine import pipeline as pl
 from gen3deval.engine.artifacts import ArtifactStore
 from gen3deval.engine.batching import BatchQueues
+from gen3deval.engine.lanes import run_executor
 from gen3deval.engine.pipeline import row_digest
 from gen3deval.engine.progress import NullProgress
 from gen3deval.engine.remote_dispatch import RemoteDispatch
@@ -49,7 +50,7 @@ from gen3deval.engine.shards import check_shard, record_shard, select
 from gen3deval.engine.stage_inputs import StageInputs, case_fingerprint
 from gen3deval.engine.stages import UNEXPECTED_ERROR_CLASS, StageResult
 from gen3deval.engine.store import REFERENCE_SYSTEM, StageRow, Store
-from gen3deval.engine.workers import LOCK_NAME, RunLock, hidden_env, make_executor, work_batch
+from gen3deval.engine.workers import LOCK_NAME, RunLock, hidden_env, work_batch
 from gen3deval.errors import ConfigError, DependencyError
 from gen3deval.suites.base import Case
 
@@ -471,39 +472,17 @@ class Engine(RemoteDispatch, StageInputs):
 
     # -- the loop --------------------------------------------------------------------------------
     def _make_executor(self) -> Any:
-        kind, address, shared = self.executor_kind, self.ray_address, self.ray_shared_dir
-        # On Ray, stages that run a model on a GPU go to one long-lived actor per GPU of the cluster.
-        model_systems = frozenset(
-            label
-            for label, obj in self.objects.items()
-            if label not in self._remote and callable(getattr(obj, "prefetch", None))
+        local = {label: obj for label, obj in self.objects.items() if label not in self._remote}
+        return run_executor(
+            inline=self.inline,
+            jobs=self.jobs,
+            render_backend=self.render_backend,
+            kind=self.executor_kind,
+            ray_address=self.ray_address,
+            ray_shared_dir=self.ray_shared_dir,
+            systems=local,
+            clip_scores=self.score_batch > 1,
         )
-        ex = make_executor(
-            self.inline,
-            self.jobs,
-            self.render_backend,
-            kind,
-            address,
-            shared,
-            model_systems=model_systems,
-            model_scores=self.score_batch > 1,
-        )
-        # Systems whose model must load once per GPU get their own lane (engine.lanes); local pools only.
-        lanes = {
-            label: (int(getattr(obj, "model_workers", 0) or 0), int(getattr(obj, "gpus", 0) or 0))
-            for label, obj in self.objects.items()
-            if label not in self._remote and int(getattr(obj, "model_workers", 0) or 0) > 0
-        }
-        if not lanes or self.inline or kind != "local":
-            return ex
-        from functools import partial
-
-        from gen3deval.engine.lanes import LanedExecutor, lane_pool
-
-        factories = {
-            label: partial(lane_pool, n, gpus, self.render_backend) for label, (n, gpus) in lanes.items()
-        }
-        return LanedExecutor(ex, factories, slots=self.jobs + sum(n for n, _ in lanes.values()))
 
     def run(
         self, *, suites: list[dict[str, Any]] | None = None, spec: dict[str, Any] | None = None
