@@ -402,3 +402,19 @@ def test_batched_equals_one_by_one(enc: ClipEncoder) -> None:
     )
     texts = [t for _, t in items]
     np.testing.assert_allclose(enc.embed_texts(texts, batch_size=1), enc.embed_texts(texts), atol=1e-5)
+
+
+def test_an_image_repeated_in_one_call_gets_its_embedding_twice(tiny: Path) -> None:
+    # The memo computed a key repeated within one call once, but left the repeat's row uninitialised (garbage,
+    # often NaN): clip_image_sim(a, a) on a fresh encoder was NaN, e.g. an oracle against its own reference.
+    enc = ClipEncoder(resolve_clip(str(tiny)), "cpu")
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2))
+    e = enc.embed_images([a, b, a, a])
+    assert np.isfinite(e).all()
+    assert np.array_equal(e[0], e[2]) and np.array_equal(e[0], e[3]) and not np.array_equal(e[0], e[1])
+    t = enc.embed_texts(["a cat", "a dog", "a cat"])
+    assert np.isfinite(t).all() and np.array_equal(t[0], t[2])
+    assert clip_image_sim([a, a], [a, a], ClipEncoder(resolve_clip(str(tiny)), "cpu")) == pytest.approx(
+        1.0, abs=1e-6
+    )

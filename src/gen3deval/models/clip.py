@@ -21,7 +21,7 @@ import importlib.util
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -275,19 +275,16 @@ class ClipEncoder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         arrays = [_check_image(i, im) for i, im in enumerate(images)]
-        keys = [_image_key(a) for a in arrays]
-        out = np.empty((len(arrays), self.dim), np.float32)
-        todo = self._from_memo(keys, out)
-        for s in range(0, len(todo), batch_size):
-            chunk = todo[s : s + batch_size]
+
+        def forward(chunk: list[int]) -> NDArray[np.float32]:
             # PIL images: exactly what the processor gets from decoded PNG files.
             pil = [Image.fromarray(arrays[i], "RGB") for i in chunk]
             pixels = self.processor(images=pil, return_tensors="pt")["pixel_values"]
             with torch.inference_mode():
                 feats = self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype))
-            out[chunk] = _l2_normalise(_pooled(feats))
-            self._to_memo([keys[i] for i in chunk], out[chunk])
-        return out
+            return _l2_normalise(_pooled(feats))
+
+        return self._memoised([_image_key(a) for a in arrays], batch_size, forward)
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> NDArray[np.float32]:
         """(N, D) float32 L2-normalised embeddings of N texts, each truncated to ``max_tokens`` (77) tokens
@@ -298,11 +295,8 @@ class ClipEncoder:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise UserInputError(f"CLIP text {i}: expected a string, got {type(t).__name__}")
-        keys = ["text:" + t for t in texts]
-        out = np.empty((len(texts), self.dim), np.float32)
-        todo = self._from_memo(keys, out)
-        for s in range(0, len(todo), batch_size):
-            chunk = todo[s : s + batch_size]
+
+        def forward(chunk: list[int]) -> NDArray[np.float32]:
             tok = self.tokenizer(
                 [texts[i] for i in chunk],
                 padding=True,
@@ -315,30 +309,37 @@ class ClipEncoder:
                     input_ids=tok["input_ids"].to(self.device),
                     attention_mask=tok["attention_mask"].to(self.device),
                 )
-            out[chunk] = _l2_normalise(_pooled(feats))
-            self._to_memo([keys[i] for i in chunk], out[chunk])
-        return out
+            return _l2_normalise(_pooled(feats))
 
-    def _from_memo(self, keys: list[str], out: NDArray[np.float32]) -> list[int]:
-        """Fill the rows of ``out`` whose key is memoised; returns the indices still to compute (each key
-        once: a repeated key is computed at its first index and copied)."""
+        return self._memoised(["text:" + t for t in texts], batch_size, forward)
+
+    def _memoised(
+        self, keys: list[str], batch_size: int, forward: Callable[[list[int]], NDArray[np.float32]]
+    ) -> NDArray[np.float32]:
+        """(N, D) rows for ``keys``: memoised ones from the memo, the others by ``forward(indices)`` in chunks of
+        ``batch_size``, each distinct key computed once (a key repeated in the call is a copy of its first)."""
+        out = np.empty((len(keys), self.dim), np.float32)
+        first: dict[str, int] = {}
         todo: list[int] = []
-        seen: set[str] = set()
         for i, k in enumerate(keys):
             hit = self._memo.get(k)
             if hit is not None:
                 self._memo.move_to_end(k)
                 out[i] = hit
-            elif k not in seen:
-                seen.add(k)
+            elif k not in first:
+                first[k] = i
                 todo.append(i)
-        return todo
-
-    def _to_memo(self, keys: list[str], rows: NDArray[np.float32]) -> None:
-        for k, row in zip(keys, rows, strict=True):
-            self._memo[k] = row.copy()
-        while len(self._memo) > MEMO_SIZE:
-            self._memo.popitem(last=False)
+        for s in range(0, len(todo), batch_size):
+            chunk = todo[s : s + batch_size]
+            out[chunk] = forward(chunk)
+            for i in chunk:
+                self._memo[keys[i]] = out[i].copy()
+            while len(self._memo) > MEMO_SIZE:
+                self._memo.popitem(last=False)
+        for i, k in enumerate(keys):
+            if k in first and first[k] != i:
+                out[i] = out[first[k]]
+        return out
 
 
 def _image_key(a: NDArray[np.uint8]) -> str:
