@@ -20,6 +20,7 @@ pytest.importorskip("peft")
 
 from gen3deval.errors import ConfigError
 from gen3deval.models import hf_vlm
+from gen3deval.models.clip import weights_sha256
 from gen3deval.models.hf_vlm import VlmUnavailable, get_vlm, resolve_vlm, to_chat
 from gen3deval.models.testing import make_random_lora, make_random_vlm
 from gen3deval.suites.base import Case
@@ -185,7 +186,7 @@ def test_adapter_changes_answers_and_fingerprints(
     assert a.text != b.text
     assert b.text == _direct_answer(model_dir, msgs, adapter=adapter_dir)
     fa, fb = base.fingerprint_models(), tuned.fingerprint_models()
-    assert fa["weights_sha256"] == fb["weights_sha256"] == hf_vlm.weights_sha256(model_dir)
+    assert fa["weights_sha256"] == fb["weights_sha256"] == weights_sha256(model_dir)
     weights = adapter_dir / "adapter_model.safetensors"
     assert fa["adapter_sha256"] is None
     assert fb["adapter_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()

@@ -136,11 +136,36 @@ def weights_sha256(folder: str | Path) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()
 
 
-def _source_from_folder(model: str, folder: Path) -> ModelSource:
+def locate_model(
+    model: str, fail: Callable[[str], Exception], *, instead: str, no_folder: str, install_hint: str
+) -> ModelSource:
+    """A transformers model folder: ``model`` itself when it is a folder, else a Hugging Face id looked up ONLY in
+    the local cache (never a network call; works with ``HF_HUB_OFFLINE=1``), with the sha256 of its weights.
+
+    ``fail(reason)`` makes the one-line error (``reason`` follows the model's name); ``instead``: what to give
+    instead of an id missing from the cache, ``no_folder``: the same for a path that is no folder,
+    ``install_hint``: how to install huggingface_hub. Shared by CLIP and the local vision-language models."""
+    local = Path(os.path.expanduser(model))
+    if local.is_dir():
+        folder = local.resolve()
+    elif _looks_like_path(model):
+        raise fail(f"is no such folder (nor a Hugging Face id): {no_folder}")
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(repo_id=model, cache_dir=_hub_cache_dir(), local_files_only=True))
+        except ImportError:
+            raise fail(f"needs huggingface_hub, not installed: {install_hint}") from None
+        except Exception:
+            raise fail(
+                "is not in the local Hugging Face cache (no download at run time): run "
+                f"`huggingface-cli download {model}` where you have internet (same HF_HOME), or {instead}"
+            ) from None
     if not (folder / "config.json").is_file():
-        raise ModelUnavailable(model, f"is not a transformers model folder (no config.json in {folder})")
+        raise fail(f"is not a transformers model folder (no config.json in {folder})")
     if not weight_files(folder):
-        raise ModelUnavailable(model, f"has no *.safetensors or pytorch_model*.bin weights in {folder}")
+        raise fail(f"has no *.safetensors or pytorch_model*.bin weights in {folder}")
     return ModelSource(id=model, path=str(folder), weights_sha256=weights_sha256(folder))
 
 
@@ -151,33 +176,13 @@ def resolve_clip(model: str = DEFAULT_CLIP) -> ModelSource:
     transformers are installed. Raises :class:`ModelUnavailable` with a one-line fix.
     """
     _check_deps(model)
-    local = Path(os.path.expanduser(model))
-    if local.is_dir():
-        return _source_from_folder(model, local.resolve())
-    if _looks_like_path(model):
-        raise ModelUnavailable(
-            model,
-            "is no such folder (nor a Hugging Face id): pass --clip-model an existing model folder or an id",
-        )
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(
-            repo_id=model,
-            cache_dir=_hub_cache_dir(),
-            local_files_only=True,  # never a network call
-            allow_patterns=None,
-        )
-    except ImportError:
-        raise ModelUnavailable(model, f"huggingface_hub not installed: {INSTALL_HINT}") from None
-    except Exception:
-        raise ModelUnavailable(
-            model,
-            "is not in the local Hugging Face cache (no download at run time): run "
-            f"`huggingface-cli download {model}` where you have internet (same HF_HOME), "
-            "or pass --clip-model /path/to/model-folder",
-        ) from None
-    return _source_from_folder(model, Path(folder))
+    return locate_model(
+        model,
+        lambda reason: ModelUnavailable(model, reason),
+        instead="pass --clip-model /path/to/model-folder",
+        no_folder="pass --clip-model an existing model folder or an id",
+        install_hint=INSTALL_HINT,
+    )
 
 
 def image_processor_class() -> Any:

@@ -27,12 +27,10 @@ from typing import Any
 
 from gen3deval.errors import ConfigError
 from gen3deval.models.clip import (
-    _hub_cache_dir,
+    ModelSource,
     _importable,
-    _looks_like_path,
     _quiet_transformers,
-    weight_files,
-    weights_sha256,
+    locate_model,
 )
 
 INSTALL_HINT = "pip install 'gen3deval[local]' (install torch==2.13.0 first)"
@@ -53,14 +51,8 @@ class VlmUnavailable(ConfigError):
         super().__init__(" ".join(f"hf model {what!r} {reason}{note}".split()))
 
 
-@dataclass(frozen=True)
-class VlmSource:
-    """A resolved model: ``id`` as given, ``path`` (folder), ``weights_sha256`` (see
-    :func:`gen3deval.models.clip.weights_sha256`); for an adapter the same of its folder."""
-
-    id: str
-    path: str
-    weights_sha256: str
+# A resolved model or adapter: ``id`` as given, ``path`` (folder), ``weights_sha256``.
+VlmSource = ModelSource
 
 
 def check_deps(what: str, adapter: bool = False) -> None:
@@ -73,35 +65,15 @@ def check_deps(what: str, adapter: bool = False) -> None:
 
 def resolve_vlm(model: str) -> VlmSource:
     """Find ``model``: an existing folder, or a Hugging Face id looked up ONLY in the local cache
-    (``HF_HOME``/``HF_HUB_CACHE``). Raises :class:`VlmUnavailable`."""
+    (``HF_HOME``/``HF_HUB_CACHE``), with its weights' sha256. Raises :class:`VlmUnavailable`."""
     check_deps(model)
-    local = Path(os.path.expanduser(model))
-    if local.is_dir():
-        return _source(model, local.resolve())
-    if _looks_like_path(model):
-        raise VlmUnavailable(model, "is no such folder (nor a Hugging Face id): set model= to a model folder")
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(repo_id=model, cache_dir=_hub_cache_dir(), local_files_only=True)
-    except ImportError:
-        raise VlmUnavailable(model, f"needs huggingface_hub, not installed: {INSTALL_HINT}") from None
-    except Exception:
-        raise VlmUnavailable(
-            model,
-            "is not in the local Hugging Face cache (no download at run time): run "
-            f"`huggingface-cli download {model}` where you have internet (same HF_HOME), "
-            "or set model= to a model folder",
-        ) from None
-    return _source(model, Path(folder))
-
-
-def _source(model: str, folder: Path) -> VlmSource:
-    if not (folder / "config.json").is_file():
-        raise VlmUnavailable(model, f"is not a transformers model folder (no config.json in {folder})")
-    if not weight_files(folder):
-        raise VlmUnavailable(model, f"has no *.safetensors or pytorch_model*.bin weights in {folder}")
-    return VlmSource(id=model, path=str(folder), weights_sha256=weights_sha256(folder))
+    return locate_model(
+        model,
+        lambda reason: VlmUnavailable(model, reason),
+        instead="set model= to a model folder",
+        no_folder="set model= to a model folder",
+        install_hint=INSTALL_HINT,
+    )
 
 
 def resolve_adapter(adapter: str) -> VlmSource:
