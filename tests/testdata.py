@@ -74,3 +74,30 @@ def worker_probe(items: object, *args: object) -> tuple[int, str | None]:
     """(pid, CUDA_VISIBLE_DEVICES) of the process running it: a stage function stand-in for executor tests
     (importable by spawned workers: tests/ is on their path)."""
     return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def offline_hf(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """Hugging Face offline, with its cache under ``home`` (nothing else found)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+
+
+def hf_cache_entry(home: Path, repo_id: str, folder: Path, rev: str) -> Path:
+    """``folder`` stored under ``home/hub`` as huggingface_hub stores ``repo_id`` (blobs named by sha256,
+    snapshot symlinks, ``refs/main``); returns the snapshot folder."""
+    import hashlib
+    import shutil
+
+    repo = home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / rev
+    snap.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for f in sorted(folder.iterdir()):
+        blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copyfile(f, blob)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    return snap

@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +43,7 @@ from gen3deval.models.clip import (
     weights_sha256,
 )
 from gen3deval.models.testing import make_random_clip
+from testdata import hf_cache_entry, offline_hf
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
@@ -74,32 +73,6 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
 
     mesh = load_mesh(glb)
     return {bg: render(mesh, "trellis8", size=512, background=bg) for bg in ("white", "black")}
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    """Record (and refuse) every socket connection attempt made by the code under test."""
-    attempts: list[object] = []
-
-    def refuse(self: socket.socket, address: object) -> None:
-        attempts.append(address)
-        raise OSError(f"network access attempted: {address}")
-
-    def refuse_lookup(host: object, *args: object, **kwargs: object) -> list[object]:
-        attempts.append(host)  # name lookup comes first (and fails offline): refuse it too
-        raise socket.gaierror(f"network access attempted: {host}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse_lookup)
-    yield attempts
-
-
-def _offline_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
 
 
 # ---------------------------------------------------------------- independent reference
@@ -160,18 +133,8 @@ def test_hf_cache_layout_resolves_offline_by_id(
 ) -> None:
     """The id path: a cache entry as huggingface_hub writes it (blobs + snapshot symlinks + refs/main)."""
     home = tmp_path / "hf"
-    repo = home / "hub" / "models--org--tiny-clip"
-    rev = "0123456789abcdef0123456789abcdef01234567"
-    snap = repo / "snapshots" / rev
-    snap.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    for f in sorted(tiny.iterdir()):
-        blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
-        shutil.copyfile(f, blob)
-        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(rev)
-    _offline_env(monkeypatch, home)
+    snap = hf_cache_entry(home, "org/tiny-clip", tiny, "0123456789abcdef0123456789abcdef01234567")
+    offline_hf(monkeypatch, home)
 
     src = resolve_clip("org/tiny-clip")
     assert Path(src.path) == snap
@@ -187,7 +150,7 @@ def test_hf_cache_layout_resolves_offline_by_id(
 def test_missing_model_id_is_one_line_without_network(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[object]
 ) -> None:
-    _offline_env(monkeypatch, tmp_path / "empty_home")
+    offline_hf(monkeypatch, tmp_path / "empty_home")
     with pytest.raises(ModelUnavailable) as ei:
         resolve_clip("openai/clip-vit-base-patch32")
     msg = str(ei.value)

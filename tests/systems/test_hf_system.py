@@ -4,10 +4,7 @@ an offline Hugging Face cache, a LoRA adapter, batched == one-at-a-time greedy a
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from gen3deval.suites.base import Case
 from gen3deval.systems.answers import classify
 from gen3deval.systems.base import GenerationFailed, create_system
 from gen3deval.systems.hf import HfSystem
+from testdata import hf_cache_entry, offline_hf
 
 TOKENS = 24
 
@@ -57,31 +55,6 @@ def _system(model: Path, **settings: Any) -> HfSystem:
     s = create_system("hf", {"model": str(model), "max_new_tokens": TOKENS, **settings})
     assert isinstance(s, HfSystem)
     return s
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    attempts: list[object] = []
-
-    def refuse(self: socket.socket, address: object) -> None:
-        attempts.append(address)
-        raise OSError(f"network access attempted: {address}")
-
-    def refuse_lookup(host: object, *args: object, **kwargs: object) -> list[object]:
-        attempts.append(host)
-        raise socket.gaierror(f"network access attempted: {host}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse_lookup)
-    yield attempts
-
-
-def _offline(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
 
 
 def _direct_answer(model: Path, messages: list[dict[str, Any]], adapter: Path | None = None) -> str:
@@ -129,18 +102,8 @@ def test_hf_cache_layout_resolves_offline_by_id(
     images: list[Path],
 ) -> None:
     home = tmp_path / "hf"
-    repo = home / "hub" / "models--org--tiny-vlm"
-    rev = "89abcdef0123456789abcdef0123456789abcdef"
-    snap = repo / "snapshots" / rev
-    snap.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    for f in sorted(model_dir.iterdir()):
-        blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
-        shutil.copyfile(f, blob)
-        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(rev)
-    _offline(monkeypatch, home)
+    snap = hf_cache_entry(home, "org/tiny-vlm", model_dir, "89abcdef0123456789abcdef0123456789abcdef")
+    offline_hf(monkeypatch, home)
     src = resolve_vlm("org/tiny-vlm")
     assert Path(src.path) == snap and src.weights_sha256 == resolve_vlm(str(model_dir)).weights_sha256
     by_id, by_dir = get_vlm("org/tiny-vlm", device="cpu"), get_vlm(str(model_dir), device="cpu")
@@ -153,7 +116,7 @@ def test_hf_cache_layout_resolves_offline_by_id(
 def test_missing_model_is_one_line_naming_it_and_offline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[object], model_dir: Path
 ) -> None:
-    _offline(monkeypatch, tmp_path / "empty_home")
+    offline_hf(monkeypatch, tmp_path / "empty_home")
     with pytest.raises(VlmUnavailable) as ei:
         resolve_vlm("OpenGVLab/InternVL3-2B")
     msg = str(ei.value)
