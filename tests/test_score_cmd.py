@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gen3deval.cli import main
-from testdata import LOWPOLY, toys4k_sha, toys4k_tree
+from testdata import LOWPOLY, offline_hf, toys4k_sha, toys4k_tree
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.skipif(not LOWPOLY.is_dir(), reason="shared data not available")
@@ -181,9 +181,7 @@ def test_scoring_outputs_from_a_folder(
 @pytest.fixture
 def no_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An empty Hugging Face cache, offline: the default CLIP model is not available."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    offline_hf(monkeypatch, tmp_path / "hf")
 
 
 def test_without_weights_one_line_and_nothing_rendered(
